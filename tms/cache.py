@@ -1,0 +1,100 @@
+"""The stage cache: every pipeline stage is a directory keyed by the config that determines it.
+
+``<cache_dir>/<stage>/<hash>/`` holds a finished stage and its ``manifest.json`` (the key, seed,
+package versions, status, timings and stage-specific info). While a stage runs it lives in
+``<hash>.partial/``, which is renamed to ``<hash>/`` only when the stage succeeds, so a crash
+never leaves something that looks finished. A re-run finds the partial directory and resumes
+from what it holds (Lightning's ``last.ckpt``, complete harvest shards). A file lock per stage
+keeps two processes (e.g. parallel sweep jobs) from building the same stage at once: the second
+waits, then reuses the first one's result.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from tms.io import read_json, write_json
+
+MANIFEST = "manifest.json"
+
+
+def config_hash(key: Any) -> str:
+    """16 hex characters of the SHA-256 of the canonical JSON of ``key``."""
+    blob = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("tms", "torch", "transformers", "lightning", "hydra-core", "datasets", "vllm"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+class Stage:
+    """One cached stage. ``key`` must contain everything that determines the stage's outputs."""
+
+    def __init__(self, cache_dir: str | Path, name: str, key: dict[str, Any]) -> None:
+        self.name, self.key = name, key
+        self.hash = config_hash(key)
+        self.root = Path(os.path.expanduser(str(cache_dir))) / name
+        self.dir = self.root / self.hash
+        self.partial = self.root / f"{self.hash}.partial"
+
+    def __repr__(self) -> str:
+        return f"Stage({self.name}/{self.hash})"
+
+    @property
+    def done(self) -> bool:
+        path = self.dir / MANIFEST
+        return path.is_file() and read_json(path).get("status") == "complete"
+
+    def manifest(self) -> dict[str, Any]:
+        return read_json(self.dir / MANIFEST)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f"{self.hash}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def build(self, seed: int | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Yield ``(partial_dir, info)``; on success write the manifest and publish the stage.
+
+        The caller fills ``info`` with stage-specific results (they go into the manifest).
+        """
+        self.partial.mkdir(parents=True, exist_ok=True)
+        info: dict[str, Any] = {}
+        started = time.time()
+        write_json(self.partial / "manifest.partial.json",
+                   {"stage": self.name, "hash": self.hash, "key": self.key, "status": "running", "started": started})
+        yield self.partial, info
+        manifest = {
+            "stage": self.name, "hash": self.hash, "key": self.key, "seed": seed, "status": "complete",
+            "versions": package_versions(), "started": started, "finished": time.time(),
+            "duration_s": round(time.time() - started, 3), "info": info,
+        }
+        (self.partial / "manifest.partial.json").unlink(missing_ok=True)
+        write_json(self.partial / MANIFEST, manifest)
+        if self.dir.exists():  # a stale, incomplete directory from an older layout
+            import shutil
+
+            shutil.rmtree(self.dir)
+        os.replace(self.partial, self.dir)

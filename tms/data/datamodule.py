@@ -1,0 +1,180 @@
+"""The data module shared by every method.
+
+It formats prompt + target with the tokenizer's chat template, masks the prompt (labels -100),
+pads dynamically, and takes its training targets from a :class:`~tms.data.sources.TargetSource`.
+Every epoch it asks the source for fresh targets, drawn reproducibly from ``(seed, epoch)``, and
+records how many examples drew each kind of target (``mixture_counts``). The validation loader
+always uses the references of the held-out split: its NLL is the paper's PLD estimate (eq. 4.2).
+
+Data order is a seeded permutation per epoch, sharded over ranks (see :class:`EpochSampler`).
+The trainer must run with ``reload_dataloaders_every_n_epochs=1`` (fresh targets each epoch) and
+``use_distributed_sampler=False`` (the sampler is already rank-aware).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tms.data.formatting import Collator, completion_ids, join_and_truncate, prompt_ids
+from tms.data.sources import ReferenceSource, TargetSource
+from tms.data.tasks.base import Example, Task
+
+log = logging.getLogger(__name__)
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of ``range(n)`` seeded by ``(seed, epoch)``, strided over ranks.
+
+    Each rank takes ``perm[rank::world_size]``; when ``n`` is not divisible by ``world_size`` the
+    permutation is padded with its first indices (as ``DistributedSampler`` does) so that every
+    rank runs the same number of steps. ``start`` skips the first indices (mid-epoch resume).
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 start: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.shuffle = n, int(seed), int(epoch), shuffle
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def indices(self) -> list[int]:
+        perm = np.random.default_rng([self.seed, self.epoch, 0x5A3]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        per_rank = -(-self.n // self.world_size)
+        total = per_rank * self.world_size
+        perm = np.concatenate([perm, perm[: total - self.n]]) if total > self.n else perm
+        return [int(i) for i in perm[self.rank::self.world_size]][self.start:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return len(self.indices())
+
+
+class TokenizedPairs(Dataset):
+    """``(input_ids, n_prompt)`` items built from prompt ids and completion ids."""
+
+    def __init__(self, items: list[tuple[list[int], int]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[list[int], int]:
+        return self.items[i]
+
+
+class PostTrainDataModule(L.LightningDataModule):
+    """Prompts of ``task`` with targets from ``source``; validation on the task's references.
+
+    Args:
+        task: the training task.
+        source: the target source (bound here to the train examples and the buffer).
+        batch_size: micro-batch size per device.
+        max_length: prompt + completion tokens; longer completions are truncated from the right,
+            examples whose completion would be empty are dropped with a warning.
+        seed: drives the data order and the target draws.
+        train_limit / val_limit: optional caps on the number of examples.
+        buffer / T: the trajectory buffer and the number of SFT checkpoints, for buffer sources.
+        num_workers: DataLoader workers (tokenisation is done up front, so 0 is usually best).
+    """
+
+    def __init__(self, task: Task, source: TargetSource | None = None, batch_size: int = 16, max_length: int = 512,
+                 seed: int = 0, train_limit: int | None = None, val_limit: int | None = None, buffer=None,
+                 T: int | None = None, num_workers: int = 0, val_batch_size: int | None = None) -> None:
+        super().__init__()
+        self.task, self.source = task, source or ReferenceSource()
+        self.batch_size, self.max_length, self.seed = int(batch_size), int(max_length), int(seed)
+        self.val_batch_size = int(val_batch_size or batch_size)
+        self.train_limit, self.val_limit, self.buffer, self.T = train_limit, val_limit, buffer, T
+        self.num_workers = int(num_workers)
+        self.tokenizer = None
+        self.mixture_counts: dict[int, dict[str, int]] = {}
+        self.dropped: dict[str, int] = {}
+        self._completion_cache: dict[str, list[int]] = {}
+
+    # -- setup -------------------------------------------------------------------------------
+    def connect(self, tokenizer) -> "PostTrainDataModule":
+        """Attach the tokenizer (after construction, as litgpt does) and tokenise the prompts.
+
+        Examples whose prompt leaves no room for a single completion token within ``max_length``
+        are dropped here, with a warning (they would train on nothing); the epoch size is then
+        the same for every epoch whatever targets are drawn.
+        """
+        self.tokenizer = tokenizer
+        self.train_examples, self.train_prompts = self._fit_prompts(self.task.examples("train", self.train_limit), "train")
+        self.val_examples, self.val_prompts = self._fit_prompts(self.task.examples("val", self.val_limit), "val")
+        self.source.bind(self.train_examples, buffer=self.buffer, T=self.T)
+        self.collator = Collator(tokenizer.pad_token_id)
+        return self
+
+    def _fit_prompts(self, examples: list[Example], split: str) -> tuple[list[Example], list[list[int]]]:
+        if split == "train" and not examples:
+            raise ValueError(f"task {self.task.name!r} has an empty train split")
+        kept, prompts = [], []
+        for e in examples:
+            ids = prompt_ids(self.tokenizer, self.task.messages(e))
+            if len(ids) < self.max_length:
+                kept.append(e)
+                prompts.append(ids)
+        if len(kept) < len(examples):
+            self.dropped[split] = len(examples) - len(kept)
+            log.warning("%s: %d of %d examples dropped: the prompt fills max_length=%d", split,
+                        len(examples) - len(kept), len(examples), self.max_length)
+            if split == "train" and not kept:
+                raise ValueError(f"data.max_length={self.max_length}: every train prompt is at least that long")
+        return kept, prompts
+
+    def _completion(self, text: str) -> list[int]:
+        ids = self._completion_cache.get(text)
+        if ids is None:
+            ids = self._completion_cache[text] = completion_ids(self.tokenizer, text)
+        return ids
+
+    def _pairs(self, prompts: Sequence[list[int]], texts: Sequence[str]) -> list[tuple[list[int], int]]:
+        """Join prompts and completions; never empty since every prompt left room for one token."""
+        return [join_and_truncate(p, self._completion(t), self.max_length) for p, t in zip(prompts, texts)]
+
+    # -- epochs ------------------------------------------------------------------------------
+    def draw_epoch(self, epoch: int) -> list[tuple[list[int], int]]:
+        """Fresh targets for ``epoch`` (recorded in :attr:`mixture_counts`), tokenised and joined."""
+        texts, labels = self.source.draw(epoch, self.seed)
+        self.mixture_counts[int(epoch)] = self.source.counts(labels)
+        return self._pairs(self.train_prompts, texts)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = int(self.trainer.current_epoch) if getattr(self, "trainer", None) is not None else 0
+        items = self.draw_epoch(epoch)
+        rank, world = self._rank_world()
+        sampler = EpochSampler(len(items), self.seed, epoch, shuffle=True, rank=rank, world_size=world)
+        return DataLoader(TokenizedPairs(items), batch_size=self.batch_size, sampler=sampler,
+                          collate_fn=self.collator, num_workers=self.num_workers, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_examples:
+            return []
+        items = self._pairs(self.val_prompts, [e.reference for e in self.val_examples])
+        rank, world = self._rank_world()
+        sampler = EpochSampler(len(items), self.seed, 0, shuffle=False, rank=rank, world_size=world)
+        return DataLoader(TokenizedPairs(items), batch_size=self.val_batch_size, sampler=sampler,
+                          collate_fn=self.collator, num_workers=self.num_workers)
+
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        """Micro-batches per epoch per rank (before gradient accumulation)."""
+        per_rank = -(-len(self.train_examples) // world_size)
+        return -(-per_rank // self.batch_size)
+
+    def state_dict(self) -> dict:
+        return {"mixture_counts": {str(k): v for k, v in self.mixture_counts.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mixture_counts = {int(k): v for k, v in state.get("mixture_counts", {}).items()}

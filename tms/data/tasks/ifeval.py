@@ -1,0 +1,83 @@
+"""IFEval (``google/IFEval``): 541 prompts with verifiable formatting instructions.
+
+Schema (one ``train`` split): ``key`` (int), ``prompt``, ``instruction_id_list`` (list of ids such
+as ``punctuation:no_comma``), ``kwargs`` (one dict per instruction). In the hub's Parquet the
+kwargs dicts share one struct type, so every dict carries all ~20 argument names with None for
+the unused ones; they are stripped here.
+
+The paper evaluates IFEval on this same split, so all task splits map to the hub's ``train``
+split; only ``test`` has a default source (set ``train_source`` to train on it). There are no
+reference completions (``reference`` is empty): to train on IFEval pass ``teacher_completions``, a
+jsonl of ``{"id", "completion"}`` (ids are the ``key`` values) applied to the train split.
+
+``verify`` is the paper's metric, strict prompt-level accuracy (every instruction followed);
+:meth:`IFEvalTask.metrics` adds the loose and instruction-level variants under lm-eval's names.
+The checks and their differences from the official checker are in
+:mod:`tms.data.tasks.ifeval_checks`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from tms.data.tasks.base import Example
+from tms.data.tasks.ifeval_checks import check_instructions
+from tms.data.tasks.loading import apply_teacher_completions
+from tms.data.tasks.multiple_choice import BenchmarkTask
+
+
+class IFEvalTask(BenchmarkTask):
+    """IFEval; the answer is ``{"instruction_id_list": [...], "kwargs": [...]}``."""
+
+    name = "ifeval"
+    hub_splits = {"train": "train", "val": "train", "test": "train"}
+    required_fields = ("key", "prompt", "instruction_id_list", "kwargs")
+
+    def __init__(
+        self,
+        train_source: str | None = None,
+        val_source: str | None = None,
+        test_source: str | None = "google/IFEval",
+        config_name: str | None = None,
+        limit: int | None = None,
+        teacher_completions: str | None = None,
+    ) -> None:
+        super().__init__(train_source, val_source, test_source, config_name, limit)
+        self.teacher_completions = teacher_completions
+
+    def load_split(self, split: str) -> list[Example]:
+        examples = super().load_split(split)
+        return apply_teacher_completions(examples, self.teacher_completions) if split == "train" else examples
+
+    def build_examples(self, rows: list[dict[str, Any]], where: str) -> list[Example]:
+        out = []
+        for i, row in enumerate(rows):
+            ids, kwargs = list(row["instruction_id_list"]), list(row["kwargs"])
+            if len(ids) != len(kwargs):
+                raise ValueError(f"{where}: row {i} has {len(ids)} instruction ids but {len(kwargs)} kwargs dicts")
+            answer = {
+                "instruction_id_list": [str(x) for x in ids],
+                "kwargs": [{k: v for k, v in (kw or {}).items() if v is not None} for kw in kwargs],
+            }
+            out.append(Example(str(row["key"]), row["prompt"], "", answer, {}))
+        return out
+
+    def instruction_results(self, completion: str, answer: dict, loose: bool = False) -> list[bool]:
+        """Whether each instruction of ``answer`` is followed (strict, or loose if ``loose``)."""
+        return check_instructions(completion or "", answer["instruction_id_list"], answer["kwargs"], loose=loose)
+
+    def metrics(self, completion: str, answer: dict) -> dict[str, Any]:
+        """lm-eval's four IFEval metrics for one prompt (instruction-level ones as lists of bools).
+
+        Instruction-level accuracy over a dataset is the mean of the concatenated lists.
+        """
+        strict = self.instruction_results(completion, answer)
+        loose = self.instruction_results(completion, answer, loose=True)
+        return {
+            "prompt_level_strict_acc": float(all(strict)),
+            "inst_level_strict_acc": strict,
+            "prompt_level_loose_acc": float(all(loose)),
+            "inst_level_loose_acc": loose,
+        }
+
+    def verify(self, completion: str, answer: Any) -> float:
+        return float(all(self.instruction_results(completion, answer)))

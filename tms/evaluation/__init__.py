@@ -1,0 +1,1 @@
+"""Evaluation: pure metrics (metrics.py), benchmark suites and reports."""

@@ -1,0 +1,130 @@
+"""Evaluate one model on a suite: target, other targets (transfer), retention, and the paper's diagnostics.
+
+``evaluate_model`` returns the *absolute* numbers of one model:
+
+* ``scores[b]``: mean verifier score of greedy completions on benchmark b's test split;
+* ``pass_at_k``, ``sc_acc``, ``answer_entropy``: from ``sampling.n`` samples per target prompt
+  (unbiased pass@k; majority-vote accuracy; entropy in nats of the extracted answers);
+* ``kl_to_base[group]``: KL(π_θ ‖ π_0) from samples y ~ π_θ at temperature 1 scored under both
+  models, per sequence and per token, on the target and on the retention prompts;
+* ``pld``: held-out NLL of the training task's validation references (eq. 4.2).
+
+``relative_metrics`` adds what needs θ0's results: ``xfer`` (S_xfer), ``retention``, ``deltas``
+and ``forgetting`` (F, eq. 3.2).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import torch
+
+from tms.data.formatting import completion_ids, prompt_ids
+from tms.data.tasks.base import Task
+from tms.evaluation import metrics as M
+from tms.generation.base import SamplingParams
+from tms.generation.hf import HFGenerator
+from tms.generation.scoring import score_completions
+
+log = logging.getLogger(__name__)
+
+
+def _prompts(tok, task: Task, examples) -> list[list[int]]:
+    return [prompt_ids(tok, task.messages(e)) for e in examples]
+
+
+def greedy_scores(gen: HFGenerator, task: Task, examples, max_new_tokens: int, seed: int, keep: int = 3):
+    """Mean verifier score of greedy completions, and a few samples for inspection."""
+    comps = gen.generate(_prompts(gen.tokenizer, task, examples), 1, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens), seed)
+    scores = task.score([c.text for c in comps], [e.answer for e in examples])
+    samples = [{"prompt": e.prompt, "completion": c.text, "score": s} for e, c, s in zip(examples[:keep], comps, scores)]
+    return sum(scores) / max(len(scores), 1), samples
+
+
+def sampling_metrics(gen: HFGenerator, task: Task, examples, n: int, ks, temperature: float, top_p: float,
+                     max_new_tokens: int, seed: int) -> dict[str, Any]:
+    """Pass@k (unbiased), SC-Acc and answer entropy from n samples per prompt."""
+    sp = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    comps = gen.generate(_prompts(gen.tokenizer, task, examples), n, sp, seed)
+    scores = task.score([c.text for c in comps], [examples[c.prompt_index].answer for c in comps])
+    correct = [scores[i * n:(i + 1) * n] for i in range(len(examples))]
+    answers = [[task.extract_answer(c.text) for c in comps[i * n:(i + 1) * n]] for i in range(len(examples))]
+    ks = [int(k) for k in ks if int(k) <= n]
+    return {
+        "pass_at_k": {str(k): v for k, v in M.mean_pass_at_k(correct, ks).items()},
+        "sc_acc": M.sc_accuracy(answers, correct),
+        "answer_entropy": M.mean_answer_entropy(answers),
+        "n": n, "temperature": temperature,
+    }
+
+
+def kl_to_base(gen: HFGenerator, base_model, task_examples: list[tuple[Task, list]], max_new_tokens: int,
+               seed: int) -> dict[str, float]:
+    """KL(π_θ ‖ π_0) on the prompts of ``task_examples``, from one temperature-1 sample per prompt."""
+    tok = gen.tokenizer
+    prompts = [p for task, exs in task_examples for p in _prompts(tok, task, exs)]
+    comps = gen.generate(prompts, 1, SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens, logprobs=True), seed)
+    base_lp = score_completions(base_model, prompts, [c.token_ids for c in comps], tok.pad_token_id)
+    return M.kl_to_base([torch.tensor(c.logprobs) for c in comps], [torch.tensor(b) for b in base_lp])
+
+
+def reference_nll(model, tok, task: Task, examples) -> dict[str, float]:
+    """Held-out PLD: per-sequence and per-token NLL of the references (eq. 4.2)."""
+    prompts = _prompts(tok, task, examples)
+    targets = [completion_ids(tok, e.reference) for e in examples]
+    lps = score_completions(model, prompts, targets, tok.pad_token_id)
+    nll = [-sum(lp) for lp in lps]
+    return {"pld": M.pld(nll), "nll_token": M.pld_per_token([(v, len(lp)) for v, lp in zip(nll, lps)]),
+            "n": len(examples)}
+
+
+def evaluate_model(model_path: str, suite: Mapping[str, Any], tasks: Mapping[str, Task], base_path: str | None,
+                   pld_task: Task | None, model_kwargs: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """Absolute metrics of the model at ``model_path`` (see the module docstring)."""
+    from tms.models import load_model
+
+    gen = HFGenerator.from_pretrained(model_path, batch_size=int(suite.get("batch_size", 64)),
+                                      dtype=model_kwargs.get("dtype", "auto"),
+                                      trust_remote_code=bool(model_kwargs.get("trust_remote_code", False)))
+    limit, max_new = suite.get("limit"), int(suite["max_new_tokens"])
+    split = suite.get("split", "test")
+    examples = {name: task.examples(split, limit) for name, task in tasks.items()}
+    out: dict[str, Any] = {"scores": {}, "samples": {}}
+    for name, task in tasks.items():
+        out["scores"][name], out["samples"][name] = greedy_scores(gen, task, examples[name], max_new, seed)
+        log.info("eval %s: %s = %.3f", model_path, name, out["scores"][name])
+    target = suite["target"]
+    out["target"] = out["scores"][target]
+    s = suite["sampling"]
+    out.update(sampling_metrics(gen, tasks[target], examples[target][: s.get("limit")], int(s["n"]), s["ks"],
+                                float(s["temperature"]), float(s.get("top_p", 1.0)), max_new, seed))
+    out["kl_to_base"] = {}
+    kl = suite["kl"]
+    groups = {"target": [target], "retention": list(suite.get("retention") or [])}
+    same_as_base = base_path is None or str(base_path) == str(model_path)
+    base_model = None if same_as_base else load_model(base_path, **model_kwargs).to(next(gen.model.parameters()).device)
+    for group, names in groups.items():
+        if not names:
+            continue
+        if same_as_base:  # KL(π_0 ‖ π_0) = 0 exactly
+            out["kl_to_base"][group] = {"kl_seq": 0.0, "kl_token": 0.0}
+            continue
+        pairs = [(tasks[n], examples[n][: kl.get("limit")]) for n in names]
+        out["kl_to_base"][group] = kl_to_base(gen, base_model, pairs, max_new, seed)
+    if pld_task is not None:
+        out["pld"] = reference_nll(gen.model, gen.tokenizer, pld_task, pld_task.examples("val", suite.get("pld_limit")))
+    gen.close()
+    return out
+
+
+def relative_metrics(result: Mapping[str, Any], base: Mapping[str, Any], suite: Mapping[str, Any]) -> dict[str, Any]:
+    """Δ against θ0: S_xfer over the other targets, retention scores and F (eq. 3.2)."""
+    scores, base_scores = result["scores"], base["scores"]
+    retention = list(suite.get("retention") or [])
+    others = [b for b in (suite.get("other_targets") or []) if b != suite["target"]]
+    return {
+        "deltas": M.deltas(scores, base_scores),
+        "xfer": M.cross_task_transfer(scores, base_scores, others),
+        "retention": {b: scores[b] for b in retention},
+        "forgetting": M.forgetting_score(scores, base_scores, retention) if retention else None,
+    }

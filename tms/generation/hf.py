@@ -1,0 +1,129 @@
+"""Hugging Face ``generate`` backend: always available, CPU or GPU.
+
+Prompts are expanded ``n`` times, sorted by length (less padding), left-padded and generated in
+batches. Each batch re-seeds torch from ``(seed, batch index)``, so the output is a deterministic
+function of (model, prompts, n, sampling, seed, batch_size) and does not depend on what ran before.
+The model's own ``generation_config`` (Qwen's top_k=20, repetition_penalty=1.05, ...) is *not*
+applied: sampling follows :class:`~tms.generation.base.SamplingParams` exactly (top_k disabled),
+so every backend samples from the same policy.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from tms.generation.base import Completion, SamplingParams
+from tms.generation.scoring import score_completions
+
+log = logging.getLogger(__name__)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed derived deterministically from integers."""
+    return int(np.random.default_rng([int(p) & 0xFFFFFFFF for p in parts]).integers(0, 2**63 - 1))
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's eos plus any eos ids of the model's generation config (Qwen has two)."""
+    ids = {int(tokenizer.eos_token_id)}
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if extra is not None:
+        ids.update(int(i) for i in (extra if isinstance(extra, (list, tuple)) else [extra]))
+    return sorted(ids)
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+class HFGenerator:
+    """Batched sampling with ``model.generate``.
+
+    Args:
+        model: a loaded causal LM (``eval()`` is applied) — or use :meth:`from_pretrained`.
+        tokenizer: its tokenizer (eos and pad ids, decoding).
+        batch_size: sequences per ``generate`` call.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 64) -> None:
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, int(batch_size)
+        self.eos = eos_ids(model, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str, batch_size: int = 64, device: str | None = None, dtype="auto",
+                        trust_remote_code: bool = False) -> "HFGenerator":
+        from tms.models import load_model, load_tokenizer
+
+        tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model.to(device), tok, batch_size)
+
+    def _generation_config(self, sampling: SamplingParams):
+        from transformers import GenerationConfig
+
+        greedy = sampling.temperature == 0
+        return GenerationConfig(
+            do_sample=not greedy,
+            temperature=None if greedy else float(sampling.temperature),
+            top_p=None if greedy else float(sampling.top_p),
+            top_k=None,
+            repetition_penalty=None,
+            max_new_tokens=int(sampling.max_new_tokens),
+            eos_token_id=self.eos,
+            pad_token_id=int(self.tokenizer.pad_token_id),
+            bos_token_id=getattr(self.model.generation_config, "bos_token_id", None),
+        )
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int) -> list[Completion]:
+        if n < 1:
+            raise ValueError(f"number of samples per prompt must be >= 1, got {n}")
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        requests = [(p, k) for p in range(len(prompts)) for k in range(n)]
+        order = sorted(range(len(requests)), key=lambda r: (-len(prompts[requests[r][0]]), r))
+        config = self._generation_config(sampling)
+        results: dict[int, Completion] = {}
+        for b, start in enumerate(range(0, len(order), self.batch_size)):
+            chunk = order[start:start + self.batch_size]
+            ids, mask = left_pad([prompts[requests[r][0]] for r in chunk], int(self.tokenizer.pad_token_id))
+            torch.manual_seed(derive_seed(seed, b))
+            out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+            new = out[:, ids.shape[1]:].tolist()
+            for r, toks in zip(chunk, new):
+                results[r] = self._completion(requests[r], toks)
+        completions = [results[r] for r in range(len(requests))]
+        if sampling.logprobs:
+            lps = score_completions(self.model, [prompts[c.prompt_index] for c in completions],
+                                    [c.token_ids for c in completions], self.tokenizer.pad_token_id,
+                                    batch_size=self.batch_size)
+            for c, lp in zip(completions, lps):
+                c.logprobs = lp
+        return completions
+
+    def _completion(self, request: tuple[int, int], toks: list[int]) -> Completion:
+        cut = next((i for i, t in enumerate(toks) if t in self.eos), None)
+        if cut is None:
+            kept, reason = toks, "length"
+        else:
+            kept, reason = toks[: cut + 1], "stop"
+        body = kept[:-1] if reason == "stop" else kept
+        text = self.tokenizer.decode(body, skip_special_tokens=True)
+        return Completion(prompt_index=request[0], sample_index=request[1], text=text, token_ids=kept,
+                          finish_reason=reason)
+
+    def close(self) -> None:
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,37 @@
+r"""Teacher-forced scoring: per-token :math:`\log\pi(y_i \mid x, y_{<i})` of given completions.
+
+Used for KL-to-base (score π_θ's samples under π_θ and π_0), held-out NLL (PLD) and the
+``logprobs`` option of every generation backend, so all of them share one definition: the
+unmodified model distribution (temperature 1, no top-p/top-k).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from tms.data.formatting import collate_right_padded
+from tms.losses import token_logprobs
+
+
+@torch.no_grad()
+def score_completions(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int,
+                      batch_size: int = 32) -> list[list[float]]:
+    """Per-token log-probs of each completion given its prompt (ragged list, one float per token)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[list[float]] = [[] for _ in completions]
+    order = sorted(range(len(completions)), key=lambda i: -(len(prompts[i]) + len(completions[i])))
+    for start in range(0, len(order), batch_size):
+        chunk = [i for i in order[start:start + batch_size] if len(completions[i]) > 0]
+        if not chunk:
+            continue
+        batch = collate_right_padded([(list(prompts[i]) + list(completions[i]), len(prompts[i])) for i in chunk], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logp, mask = token_logprobs(logits, batch["labels"])
+        for row, i in enumerate(chunk):
+            out[i] = logp[row][mask[row]].float().cpu().tolist()
+    model.train(was_training)
+    return out

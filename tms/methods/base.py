@@ -1,0 +1,91 @@
+"""What every method module shares: the HF model, optimiser/scheduler wiring, HF export, NaN guard."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+
+from tms.losses import token_logprobs
+from tms.models import load_model
+
+
+class CausalLMModule(L.LightningModule):
+    """Holds a Hugging Face causal LM loaded from ``model_path``.
+
+    Args:
+        model_path: hub id or local directory (θ0 for every method).
+        optimizer: ``_partial_`` optimiser factory, called with the trainable parameters.
+        scheduler: ``_partial_`` scheduler factory ``(optimizer, total_steps=N)`` or None; stepped
+            every optimiser step.
+        model_kwargs: passed to :func:`tms.models.load_model` (dtype, attn_implementation, ...).
+        gradient_checkpointing: trade compute for memory on large models.
+    """
+
+    def __init__(self, model_path: str, optimizer: Callable, scheduler: Callable | None = None,
+                 model_kwargs: dict[str, Any] | None = None, gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.model_path = str(model_path)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.model_kwargs = dict(model_kwargs or {})
+        self.gradient_checkpointing = gradient_checkpointing
+        self.model = None
+
+    def configure_model(self) -> None:
+        """Load the model lazily (once), so that sharded strategies can wrap it."""
+        if self.model is not None:
+            return
+        self.model = load_model(self.model_path, **self.model_kwargs)
+        self.model.config.use_cache = False
+        self.model.train()  # from_pretrained returns the model in eval mode
+        if self.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return opt
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = self.scheduler_factory(opt, total_steps=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Stop on a non-finite loss instead of training on NaN (the step number is in the message)."""
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at global step {self.global_step}")
+
+    @torch.no_grad()
+    def reference_nll(self, loader) -> dict[str, float]:
+        r"""Held-out reference NLL over ``loader`` (the PLD estimate, eq. 4.2).
+
+        Returns ``pld`` = :math:`-\frac{1}{|D|}\sum_{(x,y^*)} \log\pi(y^*|x)` (per sequence) and
+        ``nll_token`` (per completion token), summed across ranks.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        acc = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for batch in loader:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            logp, mask = token_logprobs(self.forward_logits(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+            acc += torch.stack([-logp.sum().double(), torch.tensor(float(logp.shape[0]), device=self.device,
+                                dtype=torch.float64), mask.sum().double()])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            acc = self.trainer.strategy.reduce(acc, reduce_op="sum")
+        self.model.train(was_training)
+        nll, n_seq, n_tok = (float(v) for v in acc)
+        return {"pld": nll / max(n_seq, 1.0), "nll_token": nll / max(n_tok, 1.0)}
+
+    def export_hf(self, out_dir: str | Path, tokenizer) -> None:
+        """Save the current weights as an HF directory (rank 0 writes; every rank must call it)."""
+        from tms.io import atomic_dir
+
+        if self.trainer.is_global_zero:
+            with atomic_dir(out_dir) as tmp:
+                self.model.save_pretrained(str(tmp), safe_serialization=True)
+                tokenizer.save_pretrained(str(tmp))
+        self.trainer.strategy.barrier("export_hf")

@@ -1,0 +1,115 @@
+"""Run one training stage (Stage 1 SFT, the student, θ0 pretraining, RL) with Lightning.
+
+Builds the trainer from the ``trainer`` config group, wires the callbacks (T trajectory
+checkpoints with the PLD curve, throughput, Lightning's resumable ``last.ckpt``) and resumes from
+``last.ckpt`` when the stage directory already holds one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tms.callbacks import Throughput, TrajectoryCheckpoints
+from tms.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def world_size(trainer_cfg: DictConfig | dict) -> int:
+    """Number of training processes the trainer config asks for (devices × nodes)."""
+    devices = trainer_cfg.get("devices", 1)
+    if devices in ("auto", -1, "-1"):
+        devices = torch.cuda.device_count() if trainer_cfg.get("accelerator") in ("gpu", "cuda") else 1
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        devices = len(devices)
+    return max(1, int(devices)) * max(1, int(trainer_cfg.get("num_nodes", 1)))
+
+
+def accumulation(train_cfg: DictConfig | dict, trainer_cfg: DictConfig | dict) -> int:
+    """``accumulate_grad_batches`` if set, else ⌈effective_batch_size / (batch_size · world size)⌉."""
+    acc = train_cfg.get("accumulate_grad_batches")
+    if acc:
+        return int(acc)
+    eff = train_cfg.get("effective_batch_size")
+    if not eff:
+        return 1
+    return max(1, math.ceil(int(eff) / (int(train_cfg["batch_size"]) * world_size(trainer_cfg))))
+
+
+def build_logger(logger_cfg: DictConfig | None, save_dir: Path, name: str):
+    """CSV by default; any Lightning logger through ``_target_`` (W&B: ``logger=wandb``)."""
+    from hydra.utils import instantiate
+
+    if not logger_cfg:
+        return False
+    return instantiate(logger_cfg, save_dir=str(save_dir), name=name)
+
+
+def build_trainer(trainer_cfg: DictConfig, train_cfg: DictConfig, out_dir: Path, callbacks: list, logger) -> L.Trainer:
+    from tms.strategies import build_strategy
+
+    cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
+    ckpt_every = int(cfg.pop("checkpoint_every_n_steps", 50))
+    cfg.pop("name", None)
+    strategy = build_strategy(cfg.pop("strategy", "auto"))
+    callbacks = list(callbacks) + [
+        L.pytorch.callbacks.ModelCheckpoint(dirpath=str(out_dir / "lightning"), filename="last", save_last=False,
+                                            save_top_k=1, monitor=None, every_n_train_steps=ckpt_every,
+                                            enable_version_counter=False),
+    ]
+    return L.Trainer(
+        **cfg,
+        strategy=strategy,
+        max_epochs=int(train_cfg.get("epochs", 1)),
+        max_steps=int(train_cfg.get("max_steps", -1) or -1),
+        accumulate_grad_batches=accumulation(train_cfg, trainer_cfg),
+        gradient_clip_val=train_cfg.get("gradient_clip_val"),
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=str(out_dir),
+        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        enable_model_summary=False,
+    )
+
+
+def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, trainer_cfg: DictConfig,
+        logger_cfg: DictConfig | None, seed: int, num_checkpoints: int, name: str) -> dict[str, Any]:
+    """Train ``module`` on ``datamodule`` into ``out_dir``; returns info for the stage manifest.
+
+    Outputs: ``checkpoints/t=XX`` (HF directories, T of them, the last one at the final step),
+    ``checkpoints/trajectory.json`` (step and PLD per checkpoint), ``mixture_counts.json``,
+    ``logs/`` (metrics.csv) and ``lightning/last.ckpt`` (for resuming).
+    """
+    out_dir = Path(out_dir)
+    L.seed_everything(int(seed), workers=True, verbose=False)
+    traj = TrajectoryCheckpoints(out_dir / "checkpoints", num_checkpoints, tokenizer, val_loader_fn=datamodule.val_dataloader)
+    trainer = build_trainer(trainer_cfg, train_cfg, out_dir, [traj, Throughput(trainer_cfg.get("log_every_n_steps", 10))],
+                            build_logger(logger_cfg, out_dir, name))
+    last = out_dir / "lightning" / "last.ckpt"
+    t0 = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    elapsed = time.time() - t0
+    if trainer.is_global_zero:
+        write_json(out_dir / "mixture_counts.json", {str(k): v for k, v in sorted(datamodule.mixture_counts.items())})
+    index = traj.load_index()
+    missing = [t for t in range(1, num_checkpoints + 1) if str(t) not in index["checkpoints"]]
+    if missing:
+        raise RuntimeError(f"{name}: training ended without trajectory checkpoints {missing} (steps {traj.steps})")
+    return {
+        "global_steps": int(trainer.global_step),
+        "train_seconds": round(elapsed, 2),
+        "resumed": last.is_file(),
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "trajectory": index,
+        "dropped_examples": dict(datamodule.dropped),
+    }

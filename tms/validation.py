@@ -1,0 +1,91 @@
+"""Validate the composed config and its inputs before any compute.
+
+Every error names the config key (or the file) and says how to fix it. ``validate(cfg)`` is called
+by the pipeline before the first stage, so an invalid run writes nothing.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+KINDS = ("sft", "student", "rl")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key."""
+
+
+def require(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def positive_int(cfg: DictConfig, key: str, value: Any, minimum: int = 1) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    require(ok, key, f"must be an integer >= {minimum}, got {value!r}")
+
+
+def optimizer_steps(n_examples: int, batch_size: int, world: int, accumulate: int, epochs: int, max_steps: int) -> int:
+    """Optimiser steps of a run: ⌈⌈n / world⌉ / batch⌉ micro-batches per epoch, ⌈· / accumulate⌉ steps per epoch."""
+    per_epoch = math.ceil(math.ceil(math.ceil(n_examples / world) / batch_size) / accumulate)
+    total = per_epoch * epochs
+    return min(total, max_steps) if max_steps and max_steps > 0 else total
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check types, ranges, files and cross-field constraints of a pipeline config."""
+    from tms.generation.factory import check_backend
+    from tms.models import check_model_source
+    from tms.training import accumulation, world_size
+
+    require(cfg.method.get("kind") in KINDS, "method.kind", f"must be one of {KINDS}, got {cfg.method.get('kind')!r}")
+    positive_int(cfg, "seed", cfg.seed, minimum=0)
+    T = cfg.sft.num_checkpoints
+    positive_int(cfg, "sft.num_checkpoints", T)
+    positive_int(cfg, "sft.batch_size", cfg.sft.batch_size)
+    positive_int(cfg, "sft.epochs", cfg.sft.epochs)
+    positive_int(cfg, "data.max_length", cfg.data.max_length, minimum=2)
+    positive_int(cfg, "data.max_new_tokens", cfg.data.max_new_tokens)
+    if cfg.model.get("name_or_path"):
+        check_model_source(str(cfg.model.name_or_path))
+    else:
+        require(cfg.model.get("build") is not None, "model.build", "needed when model.name_or_path is null (toy world)")
+
+    if cfg.method.kind == "student":
+        source = instantiate(cfg.data.target_source)
+        try:
+            ts = source.required_checkpoints(int(T))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        if ts:
+            h = cfg.harvest
+            check_backend(h.backend)
+            positive_int(cfg, "harvest.samples_per_prompt", h.samples_per_prompt)
+            positive_int(cfg, "harvest.shard_size", h.shard_size)
+            positive_int(cfg, "harvest.batch_size", h.batch_size)
+            require(float(h.temperature) >= 0, "harvest.temperature", f"must be >= 0, got {h.temperature}")
+            require(0 < float(h.top_p) <= 1, "harvest.top_p", f"must be in (0, 1], got {h.top_p}")
+            if h.get("prompt_subset") is not None:
+                positive_int(cfg, "harvest.prompt_subset", h.prompt_subset)
+
+    task = instantiate(cfg.data.task)
+    train = task.examples("train", cfg.data.get("train_limit"))
+    require(len(train) > 0, "data.task", f"the train split of {task.name!r} is empty")
+    if cfg.harvest.get("prompt_subset") is not None and cfg.method.kind == "student":
+        require(int(cfg.harvest.prompt_subset) <= len(train), "harvest.prompt_subset",
+                f"{cfg.harvest.prompt_subset} is larger than the {len(train)} training prompts")
+    steps = optimizer_steps(len(train), int(cfg.sft.batch_size), world_size(cfg.trainer), accumulation(cfg.sft, cfg.trainer),
+                            int(cfg.sft.epochs), int(cfg.sft.get("max_steps") or -1))
+    require(int(T) <= steps, "sft.num_checkpoints",
+            f"T={T} is larger than the {steps} optimiser steps of Stage 1 ({len(train)} examples, batch "
+            f"{cfg.sft.batch_size}, accumulation {accumulation(cfg.sft, cfg.trainer)}, {cfg.sft.epochs} epochs); "
+            "lower T or train longer")
+    if cfg.get("eval") is not None:
+        names = set(cfg.eval.benchmarks)
+        require(cfg.eval.target in names, "eval.target", f"{cfg.eval.target!r} is not one of eval.benchmarks {sorted(names)}")
+        for key in ("retention", "other_targets"):
+            missing = [b for b in (cfg.eval.get(key) or []) if b not in names]
+            require(not missing, f"eval.{key}", f"{missing} not in eval.benchmarks {sorted(names)}")
