@@ -46,3 +46,36 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         print(f"SFT checkpoints (T={cfg.sft.num_checkpoints}): {out / 'checkpoints'}")
     print(f"run dir:     {out}")
     return results
+
+
+def run_harvest_only(cfg: DictConfig) -> Path:
+    """``python harvest.py``: Stage 1 (cached) and the harvest of the checkpoints the target source needs.
+
+    ``harvest.checkpoints`` (a list of t, 0 = θ0) overrides the source's choice. The buffer is
+    exposed as ``<run_dir>/buffer/t=XXX`` (links to the cached per-checkpoint harvest stages), so
+    ``tms.buffer.read_buffer(<run_dir>/buffer)`` reads all of H.
+    """
+    from hydra.utils import instantiate
+
+    from tms.buffer import read_buffer, t_dir
+    from tms.pipeline import link, resolve_base, run_harvest, run_sft
+    from tms.validation import validate
+
+    out = setup(cfg)
+    validate(cfg)
+    T = int(cfg.sft.num_checkpoints)
+    ts = cfg.harvest.get("checkpoints")
+    ts = [int(t) for t in ts] if ts is not None else instantiate(cfg.data.target_source).required_checkpoints(T)
+    if not ts:
+        raise ValueError("nothing to harvest: the target source needs no checkpoint; set harvest.checkpoints=[...]")
+    bad = [t for t in ts if not 0 <= t <= T]
+    if bad:
+        raise ValueError(f"harvest.checkpoints: {bad} outside 0..T={T}")
+    base = resolve_base(cfg)
+    sft = run_sft(cfg, base) if any(t > 0 for t in ts) else None
+    stages = run_harvest(cfg, base, sft, ts)
+    for t, stage in zip(ts, stages):
+        link(t_dir(out / "buffer", t), t_dir(stage.dir, t))
+    rows = read_buffer(out / "buffer").num_rows
+    print(f"buffer: {out / 'buffer'}  ({rows} rows = {len(ts)} checkpoints x prompts x k)")
+    return out / "buffer"

@@ -54,15 +54,19 @@ def local_fingerprint(path: str) -> dict[str, Any]:
 
 
 def resolve_base(cfg: DictConfig) -> ModelRef:
-    """θ0: a hub id or local directory, or (``name_or_path: null``) the toy world built and cached here."""
+    """θ0: a hub id or local directory, a packaged GGUF file (``gguf``), or (``build``) the toy world built here."""
     m = cfg.model
     if m.get("name_or_path"):
         src = str(m.name_or_path)
         local = Path(os.path.expanduser(src))
         ident = local_fingerprint(src) if local.exists() else {"hub": src, "revision": m.get("revision")}
         return ModelRef(str(local) if local.exists() else src, ident)
+    if m.get("gguf") is not None:  # a GGUF file in a pip package, converted once to an HF directory (tms.gguf)
+        from tms.gguf import convert_cached
+
+        return ModelRef(*convert_cached(plain(m.gguf), cfg.cache_dir))
     if m.get("build") is None:
-        raise ValueError("model.name_or_path is null and model.build is missing: nothing to load θ0 from")
+        raise ValueError("model.name_or_path, model.gguf and model.build are all null: nothing to load θ0 from")
     from tms.toy.world import build_base_model
 
     stage = Stage(cfg.cache_dir, "base", {"build": plain(m.build), "precision": cfg.trainer.precision})
@@ -142,8 +146,8 @@ def checkpoint_ref(sft: Stage | None, base: ModelRef, t: int) -> tuple[ModelRef,
 
 def harvest_key(cfg: DictConfig, model: ModelRef, t: int) -> dict[str, Any]:
     h = plain(cfg.harvest)
-    for k in ("batch_size", "backend", "tensor_parallel_size", "gpu_memory_utilization"):
-        h.pop(k, None)  # do not change the samples' distribution (backend: same policy, see the note in README)
+    for k in ("backend", "tensor_parallel_size", "gpu_memory_utilization", "checkpoints"):
+        h.pop(k, None)  # the backend is keyed below; TP size and memory do not change the samples
     return {"model": model.identity, "t": int(t), "harvest": h, "data": data_key(cfg), "seed": int(cfg.seed),
             "backend": cfg.harvest.backend}
 

@@ -44,12 +44,16 @@ def accumulation(train_cfg: DictConfig | dict, trainer_cfg: DictConfig | dict) -
 
 
 def build_logger(logger_cfg: DictConfig | None, save_dir: Path, name: str):
-    """CSV by default; any Lightning logger through ``_target_`` (W&B: ``logger=wandb``)."""
+    """CSV by default; any Lightning logger through ``_target_`` (W&B: ``logger=wandb``).
+
+    ``save_dir`` is the stage directory; ``name`` (the stage) is used when the config sets none.
+    """
     from hydra.utils import instantiate
 
     if not logger_cfg:
         return False
-    return instantiate(logger_cfg, save_dir=str(save_dir), name=name)
+    extra = {"name": name} if logger_cfg.get("name") is None else {}
+    return instantiate(logger_cfg, save_dir=str(save_dir), **extra)
 
 
 def build_trainer(trainer_cfg: DictConfig, train_cfg: DictConfig, out_dir: Path, callbacks: list, logger) -> L.Trainer:

@@ -23,6 +23,18 @@ def require(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def build(node: DictConfig, key: str):
+    """``instantiate(node)``, turning a constructor's ValueError into a ConfigError naming ``key``."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        msg = str(cause)
+        raise ConfigError(msg if key in msg else f"{key}: {msg}") from err
+
+
 def positive_int(cfg: DictConfig, key: str, value: Any, minimum: int = 1) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
     require(ok, key, f"must be an integer >= {minimum}, got {value!r}")
@@ -51,11 +63,16 @@ def validate(cfg: DictConfig) -> None:
     positive_int(cfg, "data.max_new_tokens", cfg.data.max_new_tokens)
     if cfg.model.get("name_or_path"):
         check_model_source(str(cfg.model.name_or_path))
+    elif cfg.model.get("gguf") is not None:  # fails with the install command when the package is missing
+        from tms.gguf import locate_gguf
+
+        locate_gguf(cfg.model.gguf)
     else:
-        require(cfg.model.get("build") is not None, "model.build", "needed when model.name_or_path is null (toy world)")
+        require(cfg.model.get("build") is not None, "model.build",
+                "needed when model.name_or_path and model.gguf are null (toy world)")
 
     if cfg.method.kind == "student":
-        source = instantiate(cfg.data.target_source)
+        source = build(cfg.data.target_source, "data.target_source")
         try:
             ts = source.required_checkpoints(int(T))
         except ValueError as err:
@@ -71,7 +88,7 @@ def validate(cfg: DictConfig) -> None:
             if h.get("prompt_subset") is not None:
                 positive_int(cfg, "harvest.prompt_subset", h.prompt_subset)
 
-    task = instantiate(cfg.data.task)
+    task = build(cfg.data.task, "data.task")
     train = task.examples("train", cfg.data.get("train_limit"))
     require(len(train) > 0, "data.task", f"the train split of {task.name!r} is empty")
     if cfg.harvest.get("prompt_subset") is not None and cfg.method.kind == "student":

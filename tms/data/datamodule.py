@@ -9,6 +9,10 @@ always uses the references of the held-out split: its NLL is the paper's PLD est
 Data order is a seeded permutation per epoch, sharded over ranks (see :class:`EpochSampler`).
 The trainer must run with ``reload_dataloaders_every_n_epochs=1`` (fresh targets each epoch) and
 ``use_distributed_sampler=False`` (the sampler is already rank-aware).
+
+``mode="prompts"`` (on-policy RL, :mod:`tms.methods.rl`) skips the targets: the training loader
+yields batches of train-example indices ``{"index": LongTensor[P]}`` in the same seeded order,
+each batch repeated ``batch_repeats`` times in a row (μ optimisation passes per rollout).
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ class EpochSampler(Sampler[int]):
         perm = np.random.default_rng([self.seed, self.epoch, 0x5A3]).permutation(self.n) if self.shuffle else np.arange(self.n)
         per_rank = -(-self.n // self.world_size)
         total = per_rank * self.world_size
-        perm = np.concatenate([perm, perm[: total - self.n]]) if total > self.n else perm
+        perm = np.resize(perm, total)  # pads by cycling through the permutation
         return [int(i) for i in perm[self.rank::self.world_size]][self.start:]
 
     def __iter__(self) -> Iterator[int]:
@@ -67,6 +71,21 @@ class TokenizedPairs(Dataset):
         return self.items[i]
 
 
+class IndexBatches(Dataset):
+    """Pre-batched example indices (prompt-only mode): consecutive chunks of ``batch_size`` indices of
+    ``order``, each chunk repeated ``repeats`` times in a row. Items are ``{"index": LongTensor[P]}``."""
+
+    def __init__(self, order: Sequence[int], batch_size: int, repeats: int = 1) -> None:
+        chunks = [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+        self.batches = [c for c in chunks for _ in range(int(repeats))]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"index": torch.tensor(self.batches[i], dtype=torch.long)}
+
+
 class PostTrainDataModule(L.LightningDataModule):
     """Prompts of ``task`` with targets from ``source``; validation on the task's references.
 
@@ -80,12 +99,21 @@ class PostTrainDataModule(L.LightningDataModule):
         train_limit / val_limit: optional caps on the number of examples.
         buffer / T: the trajectory buffer and the number of SFT checkpoints, for buffer sources.
         num_workers: DataLoader workers (tokenisation is done up front, so 0 is usually best).
+        mode: ``"pairs"`` (prompt + target batches, the default) or ``"prompts"`` (example-index
+            batches for on-policy RL; no targets are drawn).
+        batch_repeats: prompt mode only: how many consecutive steps see each index batch.
     """
 
     def __init__(self, task: Task, source: TargetSource | None = None, batch_size: int = 16, max_length: int = 512,
                  seed: int = 0, train_limit: int | None = None, val_limit: int | None = None, buffer=None,
-                 T: int | None = None, num_workers: int = 0, val_batch_size: int | None = None) -> None:
+                 T: int | None = None, num_workers: int = 0, val_batch_size: int | None = None,
+                 mode: str = "pairs", batch_repeats: int = 1) -> None:
         super().__init__()
+        if mode not in ("pairs", "prompts"):
+            raise ValueError(f"PostTrainDataModule mode must be 'pairs' or 'prompts', got {mode!r}")
+        if int(batch_repeats) < 1:
+            raise ValueError(f"batch_repeats must be >= 1, got {batch_repeats}")
+        self.mode, self.batch_repeats = mode, int(batch_repeats)
         self.task, self.source = task, source or ReferenceSource()
         self.batch_size, self.max_length, self.seed = int(batch_size), int(max_length), int(seed)
         self.val_batch_size = int(val_batch_size or batch_size)
@@ -153,6 +181,8 @@ class PostTrainDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         epoch = int(self.trainer.current_epoch) if getattr(self, "trainer", None) is not None else 0
+        if self.mode == "prompts":
+            return self.prompt_dataloader(epoch)
         items = self.draw_epoch(epoch)
         rank, world = self._rank_world()
         sampler = EpochSampler(len(items), self.seed, epoch, shuffle=True, rank=rank, world_size=world)
@@ -169,9 +199,19 @@ class PostTrainDataModule(L.LightningDataModule):
                           collate_fn=self.collator, num_workers=self.num_workers)
 
     def steps_per_epoch(self, world_size: int = 1) -> int:
-        """Micro-batches per epoch per rank (before gradient accumulation)."""
+        """Micro-batches per epoch per rank (before gradient accumulation; × ``batch_repeats`` in prompt mode)."""
         per_rank = -(-len(self.train_examples) // world_size)
-        return -(-per_rank // self.batch_size)
+        return -(-per_rank // self.batch_size) * (self.batch_repeats if self.mode == "prompts" else 1)
+
+    # -- prompt-only mode (on-policy RL) -----------------------------------------------------
+    def prompt_dataloader(self, epoch: int) -> DataLoader:
+        """Index batches over :attr:`train_examples` (and :attr:`train_prompts`) for ``epoch``: the
+        :class:`EpochSampler` order of this rank, chunked into ``batch_size`` and repeated ``batch_repeats``
+        times. Nothing is drawn from the target source."""
+        rank, world = self._rank_world()
+        order = EpochSampler(len(self.train_examples), self.seed, epoch, shuffle=True, rank=rank, world_size=world).indices()
+        return DataLoader(IndexBatches(order, self.batch_size, self.batch_repeats), batch_size=None, shuffle=False,
+                          num_workers=self.num_workers)
 
     def state_dict(self) -> dict:
         return {"mixture_counts": {str(k): v for k, v in self.mixture_counts.items()}}

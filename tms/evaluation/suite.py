@@ -5,8 +5,9 @@
 * ``scores[b]``: mean verifier score of greedy completions on benchmark b's test split;
 * ``pass_at_k``, ``sc_acc``, ``answer_entropy``: from ``sampling.n`` samples per target prompt
   (unbiased pass@k; majority-vote accuracy; entropy in nats of the extracted answers);
-* ``kl_to_base[group]``: KL(π_θ ‖ π_0) from samples y ~ π_θ at temperature 1 scored under both
-  models, per sequence and per token, on the target and on the retention prompts;
+* ``kl_to_base[group]``: KL(π_θ ‖ π_0) from ``kl.n`` samples y ~ π_θ per prompt at temperature 1
+  scored under both models (``kl_seq``, ``kl_seq_per_prompt``, ``kl_token``; ``kl.estimator`` k1 or
+  k3), on the target and on the retention prompts;
 * ``pld``: held-out NLL of the training task's validation references (eq. 4.2).
 
 ``relative_metrics`` adds what needs θ0's results: ``xfer`` (S_xfer), ``retention``, ``deltas``
@@ -27,6 +28,25 @@ from tms.generation.hf import HFGenerator
 from tms.generation.scoring import score_completions
 
 log = logging.getLogger(__name__)
+
+
+_SHARED: dict[str, Any] = {}
+
+
+def shared(cls: str, **kwargs: Any) -> Any:
+    """One instance of class ``cls`` (dotted path) per set of arguments in this process.
+
+    A Hydra ``_target_`` for objects several benchmarks use, e.g. one judge model for WildGuardTest and
+    WildJailbreak (``{_target_: tms.evaluation.suite.shared, cls: ...ModelJudge, model_path: ...}``).
+    """
+    import json
+
+    from hydra.utils import get_class
+
+    key = json.dumps([cls, kwargs], sort_keys=True, default=str)
+    if key not in _SHARED:
+        _SHARED[key] = get_class(cls)(**kwargs)
+    return _SHARED[key]
 
 
 def _prompts(tok, task: Task, examples) -> list[list[int]]:
@@ -58,14 +78,35 @@ def sampling_metrics(gen: HFGenerator, task: Task, examples, n: int, ks, tempera
     }
 
 
+def kl_samples(gen: HFGenerator, task_examples: list[tuple[Task, list]], n: int, max_new_tokens: int, seed: int):
+    """``(prompts, completions)``: n samples y ~ π_θ(·|x) per prompt x at temperature 1, top-p 1.
+
+    Each completion carries its token log-probs under π_θ (``logprobs``) and ``prompt_index``.
+    Deterministic for a given (model, prompts, n, seed, batch size): see :class:`HFGenerator`.
+    """
+    prompts = [p for task, exs in task_examples for p in _prompts(gen.tokenizer, task, exs)]
+    sp = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens, logprobs=True)
+    return prompts, gen.generate(prompts, n, sp, seed)
+
+
 def kl_to_base(gen: HFGenerator, base_model, task_examples: list[tuple[Task, list]], max_new_tokens: int,
-               seed: int) -> dict[str, float]:
-    """KL(π_θ ‖ π_0) on the prompts of ``task_examples``, from one temperature-1 sample per prompt."""
-    tok = gen.tokenizer
-    prompts = [p for task, exs in task_examples for p in _prompts(tok, task, exs)]
-    comps = gen.generate(prompts, 1, SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens, logprobs=True), seed)
-    base_lp = score_completions(base_model, prompts, [c.token_ids for c in comps], tok.pad_token_id)
-    return M.kl_to_base([torch.tensor(c.logprobs) for c in comps], [torch.tensor(b) for b in base_lp])
+               seed: int, n: int = 1, estimator: str = "k1") -> dict[str, float]:
+    r"""KL(π_θ ‖ π_0) on the prompts of ``task_examples`` (App. F.5), from n samples per prompt.
+
+    With samples :math:`y_{x,s} \sim \pi_\theta(\cdot|x)` at temperature 1 and the k1 estimator
+
+    .. math::  \widehat{\mathrm{KL}}(y) = \sum_i \log\pi_\theta(y_i|x,y_{<i}) - \log\pi_0(y_i|x,y_{<i}),
+               \quad \texttt{kl\_seq\_per\_prompt} = \frac{1}{P}\sum_x \frac{1}{n}\sum_s \widehat{\mathrm{KL}}(y_{x,s})
+
+    also ``kl_seq`` (mean over samples; equal to the per-prompt mean since every prompt has n samples)
+    and ``kl_token`` (summed KL over all sampled tokens / their number); see :func:`metrics.kl_to_base`.
+    π_0 scores with the generator's batch size, so θ0 against itself gives exactly 0.
+    """
+    prompts, comps = kl_samples(gen, task_examples, n, max_new_tokens, seed)
+    base_lp = score_completions(base_model, [prompts[c.prompt_index] for c in comps], [c.token_ids for c in comps],
+                                gen.tokenizer.pad_token_id, batch_size=gen.batch_size)
+    return M.kl_to_base([torch.tensor(c.logprobs) for c in comps], [torch.tensor(b) for b in base_lp],
+                        prompt_ids=[c.prompt_index for c in comps], estimator=estimator)
 
 
 def reference_nll(model, tok, task: Task, examples) -> dict[str, float]:
@@ -107,10 +148,11 @@ def evaluate_model(model_path: str, suite: Mapping[str, Any], tasks: Mapping[str
         if not names:
             continue
         if same_as_base:  # KL(π_0 ‖ π_0) = 0 exactly
-            out["kl_to_base"][group] = {"kl_seq": 0.0, "kl_token": 0.0}
+            out["kl_to_base"][group] = {"kl_seq": 0.0, "kl_token": 0.0, "kl_seq_per_prompt": 0.0}
             continue
         pairs = [(tasks[n], examples[n][: kl.get("limit")]) for n in names]
-        out["kl_to_base"][group] = kl_to_base(gen, base_model, pairs, max_new, seed)
+        out["kl_to_base"][group] = kl_to_base(gen, base_model, pairs, max_new, seed, n=int(kl.get("n", 1)),
+                                              estimator=str(kl.get("estimator", "k1")))
     if pld_task is not None:
         out["pld"] = reference_nll(gen.model, gen.tokenizer, pld_task, pld_task.examples("val", suite.get("pld_limit")))
     gen.close()

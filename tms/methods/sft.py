@@ -24,6 +24,7 @@ class SFTModule(CausalLMModule):
         self.check_finite(loss)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
         self.log("train/completion_tokens", n_tokens.float(), on_step=True, on_epoch=False, reduce_fx="sum")
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

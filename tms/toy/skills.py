@@ -63,7 +63,12 @@ def gen_sort(rng: np.random.Generator) -> Sample:
 
 
 def _sum_parts(rng: np.random.Generator) -> list[int]:
-    return _ints(rng, 3, 10, 99)
+    """Three 2-digit numbers with a + b <= 99, so every step of the chain is a 2-digit addition
+    (the distribution of the ``add`` skill): the target composes a skill θ0 already has."""
+    while True:
+        xs = _ints(rng, 3, 10, 89)
+        if xs[0] + xs[1] <= 99:
+            return xs
 
 
 def sum_teacher(xs: list[int]) -> str:
@@ -89,15 +94,12 @@ def gen_sum(rng: np.random.Generator, style: str = "teacher") -> Sample:
 
 
 def _chain_parts(rng: np.random.Generator) -> tuple[list[int], list[str]]:
-    """Three numbers and two operators with every intermediate value in [0, 198]."""
+    """Three 2-digit numbers and two operators; every intermediate value stays in [0, 99]."""
     while True:
-        xs = _ints(rng, 3, 10, 99)
+        xs = _ints(rng, 3, 10, 89)
         ops = ["+" if o else "-" for o in rng.integers(0, 2, size=2)]
-        acc, ok = xs[0], True
-        for op, x in zip(ops, xs[1:]):
-            acc = acc + x if op == "+" else acc - x
-            ok &= acc >= 0
-        if ok:
+        vals = chain_value(xs, ops)
+        if all(0 <= v <= 99 for v in vals[:-1]) and vals[-1] >= 0:
             return xs, ops
 
 

@@ -104,4 +104,18 @@ def build_base_model(out_dir: Path, build: DictConfig, trainer_cfg: DictConfig, 
 
         shutil.rmtree(model_dir)
     final.rename(model_dir)
-    return {"parameters": int(n_params), "pretrain": info, "train_examples": len(dm.train_examples)}
+    return {"parameters": int(n_params), "pretrain": info, "train_examples": len(dm.train_examples),
+            "skill_accuracy": skill_accuracy(model_dir, task, int(build.get("eval_n", 200)), int(build.seed))}
+
+
+def skill_accuracy(model_dir: Path, mixture: TaskMixture, n: int, seed: int) -> dict[str, float]:
+    """Greedy accuracy of θ0 on each pretraining skill's held-out prompts (recorded in the manifest)."""
+    from tms.evaluation.suite import greedy_scores
+    from tms.generation.hf import HFGenerator
+
+    gen = HFGenerator.from_pretrained(str(model_dir), batch_size=256, device="cpu", dtype="float32")
+    out = {}
+    for name, task in mixture.tasks.items():
+        held_out = ToyTask(task.skill, n_train=0, n_val=0, n_test=n, seed=task.seed + 1, style=task.style)
+        out[name] = round(greedy_scores(gen, held_out, held_out.examples("test"), 48, seed)[0], 4)
+    return out

@@ -1,0 +1,233 @@
+"""The RL baselines: rewards, the EMA baseline state, one-step updates, micro-batching, in-process runs."""
+import csv
+import functools
+
+import lightning as L
+import pytest
+import torch
+
+from tests.conftest import compose
+from tms.data.tasks.base import Example, Task
+from tms.io import read_json
+from tms.methods.rl import RLModule, Rollout
+from tms.methods.rl_config import ConfigError, RLConfig, reward_summary
+from tms.rl_rewards import CombinedReward, FormatReward, VerifierReward
+from tms.toy.tasks import ToyTask
+
+
+class GradedTask(Task):
+    """A task whose verifier returns the float in the completion (a graded judge)."""
+
+    name = "graded"
+
+    def load_split(self, split):
+        return []
+
+    def extract_answer(self, completion):
+        return completion.strip() or None
+
+    def verify(self, completion, answer):
+        return float(completion)
+
+
+def lengths_reward(completions, examples, task):
+    """A dense test reward (completion length), so that no group has equal rewards."""
+    return [float(len(c)) for c in completions]
+
+
+# ---------------------------------------------------------------- rewards
+
+
+def test_verifier_and_format_rewards_by_hand():
+    task = ToyTask("sum", n_train=1, n_val=0, n_test=0)
+    ex = Example(id="x", prompt="sum 10 20 30", reference="10+20=30 30+30=60 answer 60", answer="60")
+    completions = ["10+20=30 30+30=60 answer 60", "add 10 20 is 30 so 59", "no number here", ""]
+    assert VerifierReward()(completions, [ex] * 4, task) == [1.0, 0.0, 0.0, 0.0]
+    assert FormatReward()(completions, [ex] * 4, task) == [1.0, 1.0, 0.0, 0.0]
+    combined = CombinedReward({"correct": VerifierReward(), "format": FormatReward()}, weights={"format": 0.1})
+    assert combined(completions, [ex] * 4, task) == pytest.approx([1.1, 0.1, 0.0, 0.0])
+    graded = GradedTask()
+    exs = [ex] * 3
+    assert VerifierReward()(["1.0", "0.7", "0.2"], exs, graded) == [1.0, 0.0, 0.0]
+    assert VerifierReward(threshold=0.5)(["1.0", "0.7", "0.2"], exs, graded) == [1.0, 1.0, 0.0]
+    assert VerifierReward(binary=False)(["1.0", "0.7", "0.2"], exs, graded) == pytest.approx([1.0, 0.7, 0.2])
+    with pytest.raises(ValueError, match="2 completions but 1 examples"):
+        VerifierReward()(["a", "b"], [ex], task)
+    with pytest.raises(ValueError, match="name no term"):
+        CombinedReward({"correct": VerifierReward()}, weights={"fromat": 0.1})
+    with pytest.raises(ValueError, match="threshold"):
+        VerifierReward(threshold=1.5)
+
+
+def test_reward_is_a_hydra_target():
+    from hydra.utils import instantiate
+
+    node = {"_target_": "tms.rl_rewards.CombinedReward", "weights": {"format": 0.5},
+            "terms": {"correct": {"_target_": "tms.rl_rewards.VerifierReward"},
+                      "format": {"_target_": "tms.rl_rewards.FormatReward"}}}
+    reward = instantiate(node)
+    ex = Example(id="x", prompt="sum 1 2 3", reference="", answer="6")
+    assert reward(["answer 6", "answer 7"], [ex, ex], ToyTask("sum", 1, 0, 0)) == [1.5, 0.5]
+
+
+def test_rl_config_validates_and_names_the_key():
+    with pytest.raises(ConfigError, match="rl.baseline"):
+        RLConfig(baseline="ppo")
+    with pytest.raises(ConfigError, match="rl.num_generations"):
+        RLConfig(baseline="group", num_generations=1)
+    RLConfig(baseline="ema", num_generations=1)  # REINFORCE needs no group
+    with pytest.raises(ConfigError, match="rl.loss_aggregation"):
+        RLConfig(loss_aggregation="sum")
+    assert reward_summary([0.0] * 8 + [1.0, 1.0]) == {"rollouts": 10, "fraction": 0.2, "first_mean": 0.0, "last_mean": 1.0}
+
+
+# ---------------------------------------------------------------- prompt-only data
+
+
+def test_prompt_mode_yields_each_index_once_per_epoch_repeated(smoke_base):
+    from tms.data.datamodule import EpochSampler, PostTrainDataModule
+    from tms.models import load_tokenizer
+
+    dm = PostTrainDataModule(ToyTask("sum", n_train=10, n_val=0, n_test=0), batch_size=4, max_length=64, seed=3,
+                             mode="prompts", batch_repeats=2).connect(load_tokenizer(smoke_base))
+    for epoch in (0, 1):
+        batches = [b["index"].tolist() for b in dm.prompt_dataloader(epoch)]
+        assert [len(b) for b in batches] == [4, 4, 4, 4, 2, 2] and batches[0::2] == batches[1::2]
+        assert sum(batches[0::2], []) == EpochSampler(10, 3, epoch).indices()
+    assert dm.steps_per_epoch() == 6 and dm.mixture_counts == {}
+
+
+# ---------------------------------------------------------------- EMA baseline state
+
+
+def _module(path="unused", **rl):
+    rl = {"num_generations": 4, "max_new_tokens": 8, **rl}
+    return RLModule(path, optimizer=functools.partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.0), reward_fn=lengths_reward,
+                    rl=RLConfig(**rl), seed=0)
+
+
+def test_ema_baseline_is_carried_across_steps_and_checkpointed():
+    module = _module(baseline="ema", momentum=0.5)
+    a1 = module.advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]))  # b = 0.5 (first batch mean)
+    torch.testing.assert_close(a1, torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    a2 = module.advantages(torch.tensor([1.0, 1.0, 1.0, 1.0]))  # b = 0.5 * 0.5 + 0.5 * 1 = 0.75
+    assert module.baseline == pytest.approx(0.75)
+    torch.testing.assert_close(a2, torch.full((4,), 0.25))
+    module.reward_history = [0.5, 1.0]
+    module.rollout = Rollout(index=torch.tensor([3]), batch={"input_ids": torch.ones(4, 5, dtype=torch.long)},
+                             rewards=torch.ones(4), advantages=a2, lengths=torch.full((4,), 2),
+                             truncated=torch.zeros(4, dtype=torch.bool), uses=1)
+    ckpt = {}
+    module.on_save_checkpoint(ckpt)
+    restored = _module(baseline="ema", momentum=0.5)
+    restored.on_load_checkpoint(torch.load(_roundtrip(ckpt), weights_only=True))
+    assert restored.baseline == pytest.approx(0.75) and restored.reward_history == [0.5, 1.0]
+    assert restored.rollout.uses == 1 and torch.equal(restored.rollout.advantages, a2)
+    module.advantages(torch.zeros(4))
+    restored.advantages(torch.zeros(4))
+    assert restored.baseline == module.baseline == pytest.approx(0.375)
+
+
+def _roundtrip(obj):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+# ---------------------------------------------------------------- one optimisation step
+
+
+def fit_steps(module, base, steps, prompts_per_step=4):
+    from tms.data.datamodule import PostTrainDataModule
+    from tms.models import load_tokenizer
+
+    dm = PostTrainDataModule(ToyTask("sum", n_train=16, n_val=0, n_test=0), batch_size=prompts_per_step,
+                             max_length=64, mode="prompts", batch_repeats=module.rl.num_iterations)
+    dm.connect(load_tokenizer(base))
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                        limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    return trainer
+
+
+@pytest.mark.parametrize("rl", [dict(baseline="group"), dict(baseline="ema", beta=0.04),
+                                dict(baseline="leave_one_out", num_iterations=2, loss_aggregation="sequence_mean")],
+                         ids=["grpo", "reinforce-kl", "rloo-mu2"])
+def test_one_step_changes_every_trainable_parameter(smoke_base, rl):
+    from tms.models import load_model
+
+    before = {n: p.detach().clone() for n, p in load_model(smoke_base, dtype="float32").named_parameters()}
+    module = _module(smoke_base, **rl)
+    trainer = fit_steps(module, smoke_base, steps=rl.get("num_iterations", 1))
+    assert trainer.global_step == rl.get("num_iterations", 1) and len(module.reward_history) == 1
+    after = dict(module.model.named_parameters())
+    assert set(after) == set(before)
+    unchanged = [n for n, p in after.items() if p.requires_grad and torch.equal(p.detach(), before[n])]
+    assert not unchanged, f"parameters not updated by one step: {unchanged}"
+    if rl.get("num_iterations", 1) == 2:
+        assert module.rollout.uses == 2  # both steps trained on the same rollout
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
+def test_micro_batching_does_not_change_the_update(smoke_base, aggregation):
+    """SGD(lr=1) update of one whole-batch step == the same step in micro-batches of 3 sequences."""
+    updates = []
+    for micro in (64, 3):
+        module = RLModule(smoke_base, optimizer=functools.partial(torch.optim.SGD, lr=1.0), reward_fn=lengths_reward,
+                          rl=RLConfig(num_generations=4, max_new_tokens=8, micro_batch_size=micro,
+                                      loss_aggregation=aggregation, gradient_clip_val=None), seed=0)
+        fit_steps(module, smoke_base, steps=1)
+        updates.append({n: p.detach().clone() for n, p in module.model.named_parameters()})
+    for name, p in updates[0].items():
+        torch.testing.assert_close(updates[1][name], p, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------- the real configs, in-process
+
+
+def _metrics(stage_dir):
+    with open(stage_dir / "logs" / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("method,overrides", [
+    ("grpo", ["rl.beta=0.04"]),
+    ("reinforce", ["rl.reward._target_=tms.rl_rewards.FormatReward", "~rl.reward.threshold"]),
+])
+def test_rl_method_runs_in_process_and_saves_a_model(smoke_cache, tmp_path, method, overrides):
+    from tms.models import load_model
+    from tms.pipeline import run
+
+    cfg = compose(["experiment=smoke", f"method={method}", f"cache_dir={smoke_cache}", "rl.max_steps=3",
+                   "rl.num_generations=4", "rl.prompts_per_step=8", "rl.num_checkpoints=1", *overrides])
+    results = run(cfg, tmp_path)
+    pipe = read_json(tmp_path / "pipeline.json")
+    stage = tmp_path.joinpath(pipe["stages"]["rl"]).resolve()
+    model_dir = (tmp_path / "model").resolve()
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
+    load_model(str(model_dir), dtype="float32")
+    assert set(results["rows"]) >= {"base", method}
+    info = read_json(stage / "manifest.json")["info"]
+    assert info["global_steps"] == 3 and info["trajectory"]["checkpoints"]["1"]["step"] == 3
+    rows = [r for r in _metrics(stage) if r.get("train/reward_mean")]
+    assert len(rows) == 3 and len(read_json(stage / "rewards.json")["per_rollout"]) == 3
+    for key in ("train/reward_std", "train/frac_reward_zero_std", "train/completion_length", "train/clip_fraction",
+                "train/entropy", "train/loss"):
+        assert rows[0].get(key) not in (None, ""), key
+    if method == "grpo":
+        assert rows[0]["train/kl"] not in (None, "") and float(rows[0]["train/kl"]) == pytest.approx(0.0, abs=1e-6)
+    else:
+        assert float(rows[-1]["train/baseline"]) > 0  # format reward: most samples contain an integer
+
+
+def test_vllm_sync_is_refused_with_the_option_name(smoke_cache):
+    from tms.methods.rl_stage import run_rl
+    from tms.pipeline import resolve_base
+
+    cfg = compose(["experiment=smoke", "method=grpo", f"cache_dir={smoke_cache}", "rl.vllm_sync=true"])
+    with pytest.raises(NotImplementedError, match="rl.vllm_sync"):
+        run_rl(cfg, resolve_base(cfg))

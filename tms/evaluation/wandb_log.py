@@ -1,0 +1,97 @@
+"""Evaluation results to Weights & Biases, under the same metric names as ``results.json``.
+
+With ``logger=wandb`` (``conf/logger/wandb.yaml``; ``WANDB_MODE=offline`` logs without a network) the
+configured Lightning ``WandbLogger`` opens one run per evaluation (``job_type="eval"``) and gets
+
+* in its **summary** every number of ``results.json``, keyed by its JSON path joined with ``/``
+  (``target``, ``xfer``, ``forgetting``, ``scores/<benchmark>``, ``kl_to_base/retention/kl_seq``,
+  ``pass_at_k/8``, ``pld/pld``, ``rows/base/target``, ...); sampled completions are not numbers and
+  go to the table below instead;
+* a ``samples`` table (model, benchmark, prompt, completion, score) of the completions in
+  ``results.json``'s ``samples`` of every row;
+* with a checkpoint curve, one history step per SFT checkpoint t (``curve/target``,
+  ``curve/retention_mean``, ``curve/forgetting``, ``curve/kl_target``, ``curve/kl_retention``,
+  ``curve/pld``).
+
+Only these numbers and texts are sent: W&B's system metadata, git and code capture are switched off,
+and neither the environment nor any credential is logged.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+SKIP = frozenset({"samples"})
+
+
+def is_wandb(logger_cfg: Any) -> bool:
+    """Whether the logger config is the W&B logger."""
+    return bool(logger_cfg) and "wandb" in str(logger_cfg.get("_target_", "")).lower()
+
+
+def flatten_numbers(obj: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """``(path, value)`` for every finite int/float leaf (not bool) of a JSON-like object; ``samples`` skipped."""
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if key not in SKIP:
+                yield from flatten_numbers(value, f"{prefix}/{key}" if prefix else str(key))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and math.isfinite(obj):
+        yield prefix, obj
+
+
+def sample_rows(results: Mapping[str, Any]) -> list[list[Any]]:
+    """``[model, benchmark, prompt, completion, score]`` for the samples of every row of the results."""
+    rows = []
+    for label, row in (results.get("rows") or {"model": results}).items():
+        for bench, samples in (row.get("samples") or {}).items():
+            rows += [[label, bench, s.get("prompt"), s.get("completion"), s.get("score")] for s in samples]
+    return rows
+
+
+def curve_steps(curve: Mapping[str, Any]) -> Iterator[dict[str, float]]:
+    """One dict of ``curve/*`` numbers per checkpoint of a :func:`~tms.evaluation.run.checkpoint_curve`."""
+    for p in curve["checkpoints"]:
+        kl = p.get("kl_to_base") or {}
+        values = {"t": p["t"], "step": p["step"], "target": p["target"], "retention_mean": p.get("retention_mean"),
+                  "forgetting": p.get("forgetting"), "kl_target": (kl.get("target") or {}).get("kl_seq"),
+                  "kl_retention": (kl.get("retention") or {}).get("kl_seq"), "pld": (p.get("pld") or {}).get("pld")}
+        yield {f"curve/{k}": v for k, v in values.items() if v is not None}
+
+
+def log_results(cfg: DictConfig, results: Mapping[str, Any], run_dir: str | Path,
+                curve: Mapping[str, Any] | None = None) -> dict[str, float] | None:
+    """Send ``results`` (and the checkpoint ``curve``) to W&B when ``cfg.logger`` is W&B; else do nothing.
+
+    Returns the summary that was written (``{metric name: value}``), or None without W&B.
+    """
+    logger_cfg = cfg.get("logger")
+    if not is_wandb(logger_cfg):
+        return None
+    import wandb
+    from hydra.utils import instantiate
+
+    run_dir = Path(run_dir)
+    settings = wandb.Settings(x_disable_meta=True, x_disable_stats=True, disable_git=True, save_code=False,
+                              console="off")
+    extra = {} if logger_cfg.get("name") else {"name": f"eval-{run_dir.name}"}
+    logger = instantiate(logger_cfg, save_dir=str(run_dir), job_type="eval", settings=settings, **extra)
+    run = logger.experiment
+    summary = dict(flatten_numbers(results))
+    if curve is not None:
+        for values in curve_steps(curve):
+            run.log(values)
+    rows = sample_rows(results)
+    if rows:
+        run.log({"samples": wandb.Table(columns=["model", "benchmark", "prompt", "completion", "score"], data=rows)})
+    run.summary.update(summary)
+    written = {k: run.summary[k] for k in summary}
+    log.info("W&B run %s: %d summary metrics, %d sampled completions", run.id, len(summary), len(rows))
+    run.finish()
+    return written
