@@ -198,6 +198,16 @@ def test_a_few_sft_steps_and_a_harvest(smol, smol_cache):
                                                                       dtype="float32")
     assert last.lm_head.weight.data_ptr() == last.model.embed_tokens.weight.data_ptr()
     assert not torch.equal(last.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    # the checkpoint reloads as the model that was trained: its held-out NLL, recomputed from the saved
+    # directory, is the one the trainer measured in memory before saving it
+    from hydra.utils import instantiate
+
+    from tms.evaluation.suite import reference_nll
+    from tms.models import load_tokenizer
+
+    task = instantiate(cfg.data.task)
+    again = reference_nll(last.eval(), load_tokenizer(smol.path), task, task.examples("val"))
+    assert again["pld"] == pytest.approx(points["2"]["pld"], rel=1e-4)
     buffer = load_buffer(run_harvest(cfg, smol, sft, [1, 2])).table
     assert buffer.num_rows == 16 and sorted(set(buffer.column("t").to_pylist())) == [1, 2]
     assert set(buffer.column("finish_reason").to_pylist()) <= {"stop", "length"}

@@ -36,8 +36,11 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     from tms.evaluation.table import summary_table
     from tms.pipeline import run
 
+    from tms.evaluation.wandb_log import log_results
+
     out = setup(cfg)
     results = run(cfg, out)
+    log_results(cfg, results, out)
     table = summary_table(results["rows"], list(cfg.eval.get("retention") or []), str(cfg.eval.target))
     print(f"\n{table}\n")
     print(f"results:     {out / 'results.json'}")

@@ -286,11 +286,18 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if sft_ref is not None and kind != "sft":
         rows["sft"] = summarize("sft", run_eval(cfg, sft_ref, base), base_res, cfg)
     rows[cfg.method.name] = summarize(cfg.method.name, run_eval(cfg, final, base), base_res, cfg)
-    results = {**rows[cfg.method.name], "model": final.path, "seed": int(cfg.seed), "rows": rows}
+    from tms.evaluation.run import suite_names
+
+    results = {**rows[cfg.method.name], "model": final.path, "seed": int(cfg.seed), "rows": rows,
+               "suite": suite_names(cfg)}
     write_json(run_dir / "results.json", results)
     write_json(run_dir / "pipeline.json", {"stages": stages, "final_model": final.path, "seed": int(cfg.seed)})
     if sft is not None:
         link(run_dir / "checkpoints", sft.dir / "checkpoints")
+        if cfg.get("eval_checkpoints"):  # SFT's checkpoint curve (target vs retention, KL, PLD per t)
+            from tms.evaluation.run import checkpoint_curve
+
+            write_json(run_dir / "checkpoints.json", checkpoint_curve(cfg, sft.dir / "checkpoints", base))
     link(run_dir / "model", Path(final.path))
     return results
 

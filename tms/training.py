@@ -101,7 +101,8 @@ def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, tra
                             build_logger(logger_cfg, out_dir, name))
     last = out_dir / "lightning" / "last.ckpt"
     t0 = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    resumed = last.is_file()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
     elapsed = time.time() - t0
     if trainer.is_global_zero:
         write_json(out_dir / "mixture_counts.json", {str(k): v for k, v in sorted(datamodule.mixture_counts.items())})
@@ -109,10 +110,15 @@ def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, tra
     missing = [t for t in range(1, num_checkpoints + 1) if str(t) not in index["checkpoints"]]
     if missing:
         raise RuntimeError(f"{name}: training ended without trajectory checkpoints {missing} (steps {traj.steps})")
+    if trainer.is_global_zero and not train_cfg.get("keep_resume_checkpoint", False):
+        # the stage is complete: the resumable state (weights + optimiser, ~3x the model) is no longer needed
+        import shutil
+
+        shutil.rmtree(out_dir / "lightning", ignore_errors=True)
     return {
         "global_steps": int(trainer.global_step),
         "train_seconds": round(elapsed, 2),
-        "resumed": last.is_file(),
+        "resumed": resumed,
         "accumulate_grad_batches": trainer.accumulate_grad_batches,
         "trajectory": index,
         "dropped_examples": dict(datamodule.dropped),

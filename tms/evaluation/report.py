@@ -152,10 +152,10 @@ def entries(runs: Sequence[Run]) -> list[Entry]:
                 continue
             seen.add(key)
             out.append(Entry(name, params, task, seed, row, base))
-    for method in {e.method for e in out}:  # label = method + the params that vary between its runs
+    for method in {e.method for e in out}:  # label = method + the params with several values among its runs
         group = [e for e in out if e.method == method]
         keys = sorted({k for e in group for k in e.params})
-        varying = [k for k in keys if len({e.params.get(k) for e in group}) > 1]
+        varying = [k for k in keys if len({e.params[k] for e in group if k in e.params}) > 1]
         for e in group:
             extra = ", ".join(f"{k}={e.params[k]}" for k in varying if k in e.params)
             e.label = f"{method} ({extra})" if extra else method

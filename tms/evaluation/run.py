@@ -129,6 +129,19 @@ def checkpoint_curve(cfg: DictConfig, ckpt_dir: str | Path, base: ModelRef) -> d
             "checkpoints_dir": str(ckpt_dir), "checkpoints": points}
 
 
+def check_same_base(model: ModelRef, base: ModelRef, cache_dir: str) -> None:
+    """Warn when a cached trained model's stage was built from another θ0 than the configured one."""
+    ident = model.identity if isinstance(model.identity, dict) else {}
+    if "stage" not in ident or "t" not in ident:
+        return
+    manifest = Path(os.path.expanduser(cache_dir)) / ident["stage"] / "manifest.json"
+    trained_from = read_json(manifest)["key"].get("base") if manifest.is_file() else None
+    if trained_from is not None and trained_from != base.identity:
+        log.warning("%s was trained from θ0 %s, not from the configured θ0 %s: its Δ and KL-to-base are against "
+                    "the configured one (compose the run's own config, e.g. the same experiment=)",
+                    model.path, trained_from, base.identity)
+
+
 def default_label(model: ModelRef, base: ModelRef, given: str | None = None) -> str:
     """``base`` for θ0; a run directory's method; ``<stage>@t=<t>`` for a cached checkpoint; else the dir name."""
     if model.path == base.path:
@@ -163,6 +176,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         from tms.validation import ConfigError
 
         raise ConfigError(f"label: 'base' names θ0's row; pick another label for {model.path}")
+    check_same_base(model, base, str(cfg.cache_dir))
     base_res = run_eval(cfg, base, base)
     rows = {"base": summarize("base", base_res, base_res, cfg)}
     if label != "base":

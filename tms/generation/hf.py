@@ -4,13 +4,16 @@ Prompts are expanded ``n`` times, sorted by length (less padding), left-padded a
 batches. Each batch re-seeds torch from ``(seed, batch index)``, so the output is a deterministic
 function of (model, prompts, n, sampling, seed, batch_size) and does not depend on what ran before.
 The model's own ``generation_config`` (Qwen's top_k=20, repetition_penalty=1.05, ...) is *not*
-applied: sampling follows :class:`~tms.generation.base.SamplingParams` exactly (top_k disabled),
-so every backend samples from the same policy.
+applied: during ``generate`` it is swapped for a neutral one holding only the special-token ids,
+and every processor transformers would otherwise fill from its global defaults (top_k=50!) is set
+to its no-op value, so sampling is exactly softmax(logits / temperature) with nucleus ``top_p`` —
+the policy whose log-probs the KL estimates and the RL ratios assume.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -70,20 +73,40 @@ class HFGenerator:
         return cls(model.to(device), tok, batch_size)
 
     def _generation_config(self, sampling: SamplingParams):
+        """Exactly the configured policy; a ``None`` here would be filled from the model or global defaults."""
         from transformers import GenerationConfig
 
         greedy = sampling.temperature == 0
         return GenerationConfig(
             do_sample=not greedy,
-            temperature=None if greedy else float(sampling.temperature),
-            top_p=None if greedy else float(sampling.top_p),
-            top_k=None,
-            repetition_penalty=None,
+            temperature=1.0 if greedy else float(sampling.temperature),
+            top_p=1.0 if greedy else float(sampling.top_p),
+            top_k=0,
+            min_p=0.0,
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            min_new_tokens=0,
             max_new_tokens=int(sampling.max_new_tokens),
             eos_token_id=self.eos,
             pad_token_id=int(self.tokenizer.pad_token_id),
             bos_token_id=getattr(self.model.generation_config, "bos_token_id", None),
         )
+
+    @contextlib.contextmanager
+    def _neutral_model_defaults(self) -> Iterator[None]:
+        """Hide the model's generation_config (sampling defaults from the hub) while generating."""
+        from transformers import GenerationConfig
+
+        original = self.model.generation_config
+        self.model.generation_config = GenerationConfig(bos_token_id=original.bos_token_id, eos_token_id=self.eos,
+                                                        pad_token_id=int(self.tokenizer.pad_token_id))
+        try:
+            yield
+        finally:
+            self.model.generation_config = original
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int) -> list[Completion]:
@@ -99,7 +122,8 @@ class HFGenerator:
             chunk = order[start:start + self.batch_size]
             ids, mask = left_pad([prompts[requests[r][0]] for r in chunk], int(self.tokenizer.pad_token_id))
             torch.manual_seed(derive_seed(seed, b))
-            out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+            with self._neutral_model_defaults():
+                out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
             new = out[:, ids.shape[1]:].tolist()
             for r, toks in zip(chunk, new):
                 results[r] = self._completion(requests[r], toks)
