@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tms.evaluation.metrics import kl_k3
 from tms.losses import IGNORE_INDEX, shift_for_next_token
 
 AGGREGATIONS = ("token_mean", "sequence_mean")
@@ -187,8 +188,8 @@ def kl_penalty_k3(logp_new: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Te
     if logp_new.shape != mask.shape or logp_ref.shape != mask.shape:
         shapes = f"logp_new {tuple(logp_new.shape)}, logp_ref {tuple(logp_ref.shape)}, mask {tuple(mask.shape)}"
         raise ValueError(f"kl_penalty_k3: shapes differ: {shapes}")
-    delta = (logp_ref.detach() - logp_new).masked_fill(~mask.bool(), 0.0)
-    return torch.exp(delta) - delta - 1.0
+    log_ratio = (logp_new - logp_ref.detach()).masked_fill(~mask.bool(), 0.0)
+    return kl_k3(log_ratio)  # the evaluation's estimator: one definition of k3
 
 
 def grpo_loss(

@@ -71,25 +71,10 @@ def _sum_parts(rng: np.random.Generator) -> list[int]:
             return xs
 
 
-def sum_teacher(xs: list[int]) -> str:
-    steps, acc = [], xs[0]
-    for x in xs[1:]:
-        steps.append(f"{acc}+{x}={acc + x}")
-        acc += x
-    return " ".join(steps) + f" answer {acc}"
-
-
-def sum_native(xs: list[int]) -> str:
-    steps, acc = [], xs[0]
-    for x in xs[1:]:
-        steps.append(f"add {acc} {x} is {acc + x}")
-        acc += x
-    return " ".join(steps) + f" so {acc}"
-
-
 def gen_sum(rng: np.random.Generator, style: str = "teacher") -> Sample:
-    xs = _sum_parts(rng)
-    ref = sum_teacher(xs) if style == "teacher" else sum_native(xs)
+    """A sum is a chain of additions: its two styles are the chain styles with ``+`` only."""
+    xs, ops = _sum_parts(rng), ["+", "+"]
+    ref = chain_teacher(xs, ops) if style == "teacher" else chain_native(xs, ops)
     return "sum " + " ".join(map(str, xs)), ref, str(sum(xs))
 
 
