@@ -1,6 +1,7 @@
 """The RL baselines: rewards, the EMA baseline state, one-step updates, micro-batching, in-process runs."""
 import csv
 import functools
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -199,22 +200,28 @@ def _metrics(stage_dir):
     ("reinforce", ["rl.reward._target_=tms.rl_rewards.FormatReward", "~rl.reward.threshold"]),
 ])
 def test_rl_method_runs_in_process_and_saves_a_model(smoke_cache, tmp_path, method, overrides):
+    """GRPO through the whole pipeline (``python train.py method=grpo``), REINFORCE through its stage only."""
     from tms.models import load_model
-    from tms.pipeline import run
+    from tms.pipeline import final_checkpoint, resolve_base, run
 
     cfg = compose(["experiment=smoke", f"method={method}", f"cache_dir={smoke_cache}", "rl.max_steps=3",
-                   "rl.num_generations=4", "rl.prompts_per_step=8", "rl.num_checkpoints=1", *overrides])
-    results = run(cfg, tmp_path)
-    pipe = read_json(tmp_path / "pipeline.json")
-    stage = tmp_path.joinpath(pipe["stages"]["rl"]).resolve()
-    model_dir = (tmp_path / "model").resolve()
+                   "rl.num_generations=4", "rl.prompts_per_step=8", "trainer.log_every_n_steps=1", *overrides])
+    if method == "grpo":
+        results = run(cfg, tmp_path)
+        assert set(results["rows"]) >= {"base", "grpo"}
+        stage_dir = tmp_path.joinpath(read_json(tmp_path / "pipeline.json")["stages"]["rl"]).resolve()
+        model_dir = (tmp_path / "model").resolve()
+    else:
+        from tms.methods.rl import run_rl
+
+        stage = run_rl(cfg, resolve_base(cfg))
+        stage_dir, model_dir = stage.dir, Path(final_checkpoint(stage).path)
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
     load_model(str(model_dir), dtype="float32")
-    assert set(results["rows"]) >= {"base", method}
-    info = read_json(stage / "manifest.json")["info"]
+    info = read_json(stage_dir / "manifest.json")["info"]
     assert info["global_steps"] == 3 and info["trajectory"]["checkpoints"]["1"]["step"] == 3
-    rows = [r for r in _metrics(stage) if r.get("train/reward_mean")]
-    assert len(rows) == 3 and len(read_json(stage / "rewards.json")["per_rollout"]) == 3
+    rows = [r for r in _metrics(stage_dir) if r.get("train/reward_mean")]
+    assert len(rows) == 3 and len(read_json(stage_dir / "rewards.json")["per_rollout"]) == 3
     for key in ("train/reward_std", "train/frac_reward_zero_std", "train/completion_length", "train/clip_fraction",
                 "train/entropy", "train/loss"):
         assert rows[0].get(key) not in (None, ""), key

@@ -14,15 +14,17 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from tms.io import read_json, write_json
+from tms.io import read_json, remove_stale, write_json
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 def config_hash(key: Any) -> str:
@@ -78,8 +80,13 @@ class Stage:
     def build(self, seed: int | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
         """Yield ``(partial_dir, info)``; on success write the manifest and publish the stage.
 
-        The caller fills ``info`` with stage-specific results (they go into the manifest).
+        The caller fills ``info`` with stage-specific results (they go into the manifest). When
+        ``<hash>.partial/`` already exists (a killed run) it is resumed from, after deleting the
+        temporaries of writes that the kill interrupted. Call it while holding :meth:`lock`.
         """
+        if self.partial.is_dir():
+            stale = remove_stale(self.partial)
+            log.info("%s: resuming from %s (%d stale temporaries removed)", self, self.partial, len(stale))
         self.partial.mkdir(parents=True, exist_ok=True)
         info: dict[str, Any] = {}
         started = time.time()

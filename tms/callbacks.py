@@ -31,7 +31,7 @@ class TrajectoryCheckpoints(L.Callback):
 
     The index ``trajectory.json`` in ``dirpath`` maps t to its optimiser step, directory and PLD
     (validation NLL of the references), i.e. the data of the paper's Table 1 / failure mode A.
-    Checkpoints that already exist (a resumed run) are not written again.
+    Checkpoints that already exist with their index entry (a resumed run) are not written again.
     """
 
     def __init__(self, dirpath: str | Path, num_checkpoints: int, tokenizer, val_loader_fn=None) -> None:
@@ -55,8 +55,8 @@ class TrajectoryCheckpoints(L.Callback):
             return
         t = self.steps.index(step) + 1
         out = self.dirpath / f"t={t:02d}"
-        if out.exists():
-            return
+        if out.exists() and str(t) in self.load_index()["checkpoints"]:
+            return  # saved before a crash; a directory without its index entry is exported again
         pld = pl_module.reference_nll(self.val_loader_fn()) if self.val_loader_fn is not None else {}
         pl_module.export_hf(out, self.tokenizer)
         for k, v in pld.items():

@@ -18,8 +18,9 @@ def run_dir() -> Path:
 
 
 def setup(cfg: DictConfig) -> Path:
-    """Quiet third-party logs, expand the cache path, record the resolved config and seed."""
+    """Quiet third-party logs, expand the cache path, record the resolved config (without credentials) and seed."""
     from tms.io import write_json
+    from tms.redact import redact
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -27,7 +28,7 @@ def setup(cfg: DictConfig) -> Path:
     cfg.cache_dir = os.path.expanduser(str(cfg.cache_dir))
     out = run_dir()
     out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.resolved.yaml", resolve=True)
+    OmegaConf.save(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True))), out / "config.resolved.yaml")
     write_json(out / "seed.json", {"seed": int(cfg.seed)})
     return out
 
@@ -37,9 +38,11 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     from tms.pipeline import run
 
     from tms.evaluation.wandb_log import log_results
+    from tms.validation import validate
 
+    validate(cfg)  # before anything is written
     out = setup(cfg)
-    results = run(cfg, out)
+    results = run(cfg, out, validated=True)
     log_results(cfg, results, out)
     table = summary_table(results["rows"], list(cfg.eval.get("retention") or []), str(cfg.eval.target))
     print(f"\n{table}\n")
@@ -64,8 +67,8 @@ def run_harvest_only(cfg: DictConfig) -> Path:
     from tms.pipeline import link, resolve_base, run_harvest, run_sft
     from tms.validation import validate
 
+    validate(cfg)  # before anything is written
     out = setup(cfg)
-    validate(cfg)
     T = int(cfg.sft.num_checkpoints)
     ts = cfg.harvest.get("checkpoints")
     ts = [int(t) for t in ts] if ts is not None else instantiate(cfg.data.target_source).required_checkpoints(T)

@@ -39,8 +39,29 @@ def atomic_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
         os.replace(tmp, final)
 
 
+STALE_PATTERNS = (".*.tmp-*", ".*.old-*", "*.tmp")  # what atomic_dir, write_json, write_shard and checkpoints leave
+
+
+def remove_stale(root: str | Path) -> list[Path]:
+    """Delete the temporaries of atomic writes that a killed process left under ``root``; returns them.
+
+    Only call it while no other process writes under ``root`` (the stage lock guarantees that).
+    """
+    found = sorted({p for pattern in STALE_PATTERNS for p in Path(root).rglob(pattern)}, key=lambda p: len(p.parts))
+    removed: list[Path] = []
+    for p in found:
+        if any(parent in removed for parent in p.parents):
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, fsync, rename)."""
+    """Write JSON atomically (temporary file, fsync, rename), without credentials (:func:`tms.redact.redact`)."""
+    from tms.redact import redact
+
+    obj = redact(obj)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -69,7 +69,7 @@ def resolve_base(cfg: DictConfig) -> ModelRef:
         raise ValueError("model.name_or_path, model.gguf and model.build are all null: nothing to load θ0 from")
     from tms.toy.world import build_base_model
 
-    stage = Stage(cfg.cache_dir, "base", {"build": plain(m.build), "precision": cfg.trainer.precision})
+    stage = toy_base_stage(cfg)
     if not stage.done:
         with stage.lock():
             if not stage.done:
@@ -77,6 +77,11 @@ def resolve_base(cfg: DictConfig) -> ModelRef:
                 with stage.build(seed=int(m.build.seed)) as (out, info):
                     info.update(build_base_model(out, m.build, cfg.trainer, seed=int(m.build.seed)))
     return ModelRef(str(stage.dir / "model"), {"stage": f"base/{stage.hash}"})
+
+
+def toy_base_stage(cfg: DictConfig) -> Stage:
+    """The cached stage of the toy world's θ0 (``model.build``), built or not."""
+    return Stage(cfg.cache_dir, "base", {"build": plain(cfg.model.build), "precision": cfg.trainer.precision})
 
 
 def data_key(cfg: DictConfig) -> dict[str, Any]:
@@ -246,12 +251,16 @@ def summarize(name: str, res: dict[str, Any], base_res: dict[str, Any], cfg: Dic
     return {"method": name, **res, **relative_metrics(res, base_res, suite)}
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """The whole pipeline for ``cfg.method``; writes ``results.json`` and ``pipeline.json`` into ``run_dir``."""
+def run(cfg: DictConfig, run_dir: str | Path, validated: bool = False) -> dict[str, Any]:
+    """The whole pipeline for ``cfg.method``; writes ``results.json`` and ``pipeline.json`` into ``run_dir``.
+
+    The config is validated first unless the caller did (``validated=True``).
+    """
     from tms.validation import validate
 
     run_dir = Path(run_dir)
-    validate(cfg)
+    if not validated:
+        validate(cfg)
     kind = cfg.method.kind
     base = resolve_base(cfg)
     stages: dict[str, Any] = {"base": base.path}

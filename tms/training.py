@@ -1,14 +1,17 @@
 """Run one training stage (Stage 1 SFT, the student, θ0 pretraining, RL) with Lightning.
 
 Builds the trainer from the ``trainer`` config group, wires the callbacks (T trajectory
-checkpoints with the PLD curve, throughput, Lightning's resumable ``last.ckpt``) and resumes from
-``last.ckpt`` when the stage directory already holds one.
+checkpoints with the PLD curve, throughput, Lightning's resumable ``last.ckpt``, the RNG states, the
+non-finite guard) and resumes from ``last.ckpt`` when the stage directory already holds one: weights,
+optimiser, scheduler, loop counters, RNG states and the data position, so the resumed run trains on
+exactly the batches the uninterrupted one would have (see :mod:`tms.resume`, :mod:`tms.data.resume`).
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tms.callbacks import Throughput, TrajectoryCheckpoints
-from tms.io import write_json
+from tms.io import read_json, write_json
 
 log = logging.getLogger(__name__)
+
+FINISHED = "fit.json"  # written by a completed fit (see fit)
 
 
 def world_size(trainer_cfg: DictConfig | dict) -> int:
@@ -57,6 +62,8 @@ def build_logger(logger_cfg: DictConfig | None, save_dir: Path, name: str):
 
 
 def build_trainer(trainer_cfg: DictConfig, train_cfg: DictConfig, out_dir: Path, callbacks: list, logger) -> L.Trainer:
+    from tms.numerics import NonFiniteGuard
+    from tms.resume import AtomicCheckpointIO, RNGState
     from tms.strategies import build_strategy
 
     cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
@@ -64,6 +71,7 @@ def build_trainer(trainer_cfg: DictConfig, train_cfg: DictConfig, out_dir: Path,
     cfg.pop("name", None)
     strategy = build_strategy(cfg.pop("strategy", "auto"))
     callbacks = list(callbacks) + [
+        RNGState(), NonFiniteGuard(),
         L.pytorch.callbacks.ModelCheckpoint(dirpath=str(out_dir / "lightning"), filename="last", save_last=False,
                                             save_top_k=1, monitor=None, every_n_train_steps=ckpt_every,
                                             enable_version_counter=False),
@@ -83,6 +91,7 @@ def build_trainer(trainer_cfg: DictConfig, train_cfg: DictConfig, out_dir: Path,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -92,9 +101,12 @@ def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, tra
 
     Outputs: ``checkpoints/t=XX`` (HF directories, T of them, the last one at the final step),
     ``checkpoints/trajectory.json`` (step and PLD per checkpoint), ``mixture_counts.json``,
-    ``logs/`` (metrics.csv) and ``lightning/last.ckpt`` (for resuming).
+    ``logs/`` (metrics.csv) and ``lightning/last.ckpt`` (for resuming). A finished fit writes
+    ``fit.json`` (the returned info) before it deletes ``lightning/``; a re-run that finds it returns it.
     """
     out_dir = Path(out_dir)
+    if (out_dir / FINISHED).is_file():  # killed after training, before the stage was published
+        return read_json(out_dir / FINISHED)
     L.seed_everything(int(seed), workers=True, verbose=False)
     traj = TrajectoryCheckpoints(out_dir / "checkpoints", num_checkpoints, tokenizer, val_loader_fn=datamodule.val_dataloader)
     trainer = build_trainer(trainer_cfg, train_cfg, out_dir, [traj, Throughput(trainer_cfg.get("log_every_n_steps", 10))],
@@ -102,7 +114,12 @@ def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, tra
     last = out_dir / "lightning" / "last.ckpt"
     t0 = time.time()
     resumed = last.is_file()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
+    if resumed:
+        log.info("%s: resuming training from %s", name, last)
+    with warnings.catch_warnings():
+        # the data module restores the data position itself (tms.data.resume): Lightning's warning does not apply
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None, weights_only=True)
     elapsed = time.time() - t0
     if trainer.is_global_zero:
         write_json(out_dir / "mixture_counts.json", {str(k): v for k, v in sorted(datamodule.mixture_counts.items())})
@@ -110,12 +127,7 @@ def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, tra
     missing = [t for t in range(1, num_checkpoints + 1) if str(t) not in index["checkpoints"]]
     if missing:
         raise RuntimeError(f"{name}: training ended without trajectory checkpoints {missing} (steps {traj.steps})")
-    if trainer.is_global_zero and not train_cfg.get("keep_resume_checkpoint", False):
-        # the stage is complete: the resumable state (weights + optimiser, ~3x the model) is no longer needed
-        import shutil
-
-        shutil.rmtree(out_dir / "lightning", ignore_errors=True)
-    return {
+    info = {
         "global_steps": int(trainer.global_step),
         "train_seconds": round(elapsed, 2),
         "resumed": resumed,
@@ -123,3 +135,11 @@ def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, tra
         "trajectory": index,
         "dropped_examples": dict(datamodule.dropped),
     }
+    if trainer.is_global_zero:
+        write_json(out_dir / FINISHED, info)
+        if not train_cfg.get("keep_resume_checkpoint", False):
+            # the stage is complete: the resumable state (weights + optimiser, ~3x the model) is no longer needed
+            import shutil
+
+            shutil.rmtree(out_dir / "lightning", ignore_errors=True)
+    return info

@@ -48,8 +48,9 @@ def optimizer_steps(n_examples: int, batch_size: int, world: int, accumulate: in
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check types, ranges, files and cross-field constraints of a pipeline config."""
+    """Check types, ranges, files and cross-field constraints of a pipeline config and its inputs."""
     from tms.generation.factory import check_backend
+    from tms.input_checks import check_batch_sizes, check_lengths, check_no_secrets
     from tms.models import check_model_source
     from tms.training import accumulation, world_size
 
@@ -61,6 +62,11 @@ def validate(cfg: DictConfig) -> None:
     positive_int(cfg, "sft.epochs", cfg.sft.epochs)
     positive_int(cfg, "data.max_length", cfg.data.max_length, minimum=2)
     positive_int(cfg, "data.max_new_tokens", cfg.data.max_new_tokens)
+    for key in ("train_limit", "val_limit"):
+        if cfg.data.get(key) is not None:
+            positive_int(cfg, f"data.{key}", cfg.data[key], minimum=1 if key == "train_limit" else 0)
+    positive_int(cfg, "trainer.checkpoint_every_n_steps", cfg.trainer.get("checkpoint_every_n_steps", 50))
+    check_no_secrets(cfg)
     if cfg.model.get("name_or_path"):
         check_model_source(str(cfg.model.name_or_path))
     elif cfg.model.get("gguf") is not None:  # fails with the install command when the package is missing
@@ -89,8 +95,12 @@ def validate(cfg: DictConfig) -> None:
                 positive_int(cfg, "harvest.prompt_subset", h.prompt_subset)
 
     task = build(cfg.data.task, "data.task")
-    train = task.examples("train", cfg.data.get("train_limit"))
+    try:
+        train = task.examples("train", cfg.data.get("train_limit"))
+    except ValueError as err:  # a data file that is empty, unreadable or has missing or mistyped fields
+        raise ConfigError(f"data.task: {err}") from err
     require(len(train) > 0, "data.task", f"the train split of {task.name!r} is empty")
+    check_batch_sizes(cfg, len(train), world_size(cfg.trainer))
     if cfg.harvest.get("prompt_subset") is not None and cfg.method.kind == "student":
         require(int(cfg.harvest.prompt_subset) <= len(train), "harvest.prompt_subset",
                 f"{cfg.harvest.prompt_subset} is larger than the {len(train)} training prompts")
@@ -100,9 +110,14 @@ def validate(cfg: DictConfig) -> None:
             f"T={T} is larger than the {steps} optimiser steps of Stage 1 ({len(train)} examples, batch "
             f"{cfg.sft.batch_size}, accumulation {accumulation(cfg.sft, cfg.trainer)}, {cfg.sft.epochs} epochs); "
             "lower T or train longer")
+    if cfg.method.kind == "student":  # the student trains with Stage 1's hyperparameters on the same prompts
+        S = cfg.student.num_checkpoints
+        positive_int(cfg, "student.num_checkpoints", S)
+        require(S <= steps, "student.num_checkpoints", f"{S} is larger than the student's {steps} optimiser steps")
     if cfg.get("eval") is not None:
         names = set(cfg.eval.benchmarks)
         require(cfg.eval.target in names, "eval.target", f"{cfg.eval.target!r} is not one of eval.benchmarks {sorted(names)}")
         for key in ("retention", "other_targets"):
             missing = [b for b in (cfg.eval.get(key) or []) if b not in names]
             require(not missing, f"eval.{key}", f"{missing} not in eval.benchmarks {sorted(names)}")
+    check_lengths(cfg, task, train)

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tms.data.formatting import Collator, completion_ids, join_and_truncate, prompt_ids
+from tms.data.resume import LoaderPosition, ResumedDataLoader
 from tms.data.sources import ReferenceSource, TargetSource
 from tms.data.tasks.base import Example, Task
 
@@ -123,6 +124,7 @@ class PostTrainDataModule(L.LightningDataModule):
         self.mixture_counts: dict[int, dict[str, int]] = {}
         self.dropped: dict[str, int] = {}
         self._completion_cache: dict[str, list[int]] = {}
+        self._resume: LoaderPosition | None = None  # restored from a checkpoint, see tms.data.resume
 
     # -- setup -------------------------------------------------------------------------------
     def connect(self, tokenizer) -> "PostTrainDataModule":
@@ -185,9 +187,24 @@ class PostTrainDataModule(L.LightningDataModule):
             return self.prompt_dataloader(epoch)
         items = self.draw_epoch(epoch)
         rank, world = self._rank_world()
-        sampler = EpochSampler(len(items), self.seed, epoch, shuffle=True, rank=rank, world_size=world)
-        return DataLoader(TokenizedPairs(items), batch_size=self.batch_size, sampler=sampler,
-                          collate_fn=self.collator, num_workers=self.num_workers, drop_last=False)
+        skip = self.resume_skip(epoch)
+        sampler = EpochSampler(len(items), self.seed, epoch, shuffle=True, rank=rank, world_size=world,
+                               start=skip * self.batch_size)
+        return ResumedDataLoader(TokenizedPairs(items), batch_size=self.batch_size, sampler=sampler, skipped=skip,
+                                 collate_fn=self.collator, num_workers=self.num_workers, drop_last=False,
+                                 generator=self._loader_generator(epoch))
+
+    def resume_skip(self, epoch: int) -> int:
+        """Micro-batches of ``epoch`` that the restored checkpoint had trained on (0 when not resuming)."""
+        pos = self._resume
+        if pos is not None and epoch > pos.epoch:
+            self._resume = pos = None  # the resumed epoch is over
+        return pos.batches if pos is not None and pos.epoch == epoch else 0
+
+    def _loader_generator(self, epoch: int) -> torch.Generator:
+        """The loader's own generator (worker seeds), so that building a loader never draws from the
+        global RNG that a resumed run restores (see :class:`tms.resume.RNGState`)."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_examples:
@@ -210,11 +227,15 @@ class PostTrainDataModule(L.LightningDataModule):
         times. Nothing is drawn from the target source."""
         rank, world = self._rank_world()
         order = EpochSampler(len(self.train_examples), self.seed, epoch, shuffle=True, rank=rank, world_size=world).indices()
-        return DataLoader(IndexBatches(order, self.batch_size, self.batch_repeats), batch_size=None, shuffle=False,
-                          num_workers=self.num_workers)
+        batches, skip = IndexBatches(order, self.batch_size, self.batch_repeats), self.resume_skip(epoch)
+        return ResumedDataLoader(batches, batch_size=None, sampler=range(skip, len(batches)), skipped=skip,
+                                 num_workers=self.num_workers, generator=self._loader_generator(epoch))
 
     def state_dict(self) -> dict:
-        return {"mixture_counts": {str(k): v for k, v in self.mixture_counts.items()}}
+        """Mixture counts and the data position (saved in Lightning checkpoints, see :mod:`tms.data.resume`)."""
+        return {"mixture_counts": {str(k): v for k, v in self.mixture_counts.items()},
+                "position": LoaderPosition.of(getattr(self, "trainer", None)).to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.mixture_counts = {int(k): v for k, v in state.get("mixture_counts", {}).items()}
+        self._resume = LoaderPosition.from_dict(state.get("position"))

@@ -55,8 +55,17 @@ class CausalLMModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     def check_finite(self, loss: torch.Tensor) -> None:
-        """Stop on a non-finite loss instead of training on NaN (the step number is in the message)."""
-        if not torch.isfinite(loss).all():
+        """Stop on a non-finite loss instead of training on NaN (the step number is in the message).
+
+        Under a trainer with :class:`~tms.numerics.NonFiniteGuard` the guard raises, after saving a
+        debug checkpoint with the offending batch.
+        """
+        from tms.numerics import NonFiniteGuard
+
+        guard = next((c for c in self.trainer.callbacks if isinstance(c, NonFiniteGuard)), None) if self._trainer else None
+        if guard is not None:
+            guard.check(self.trainer, "training loss", loss.detach())
+        elif not torch.isfinite(loss).all():
             raise FloatingPointError(f"non-finite training loss {loss.item()} at global step {self.global_step}")
 
     @torch.no_grad()

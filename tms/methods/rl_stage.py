@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tms.cache import Stage
-from tms.io import write_json
+from tms.io import read_json, write_json
 from tms.methods.rl_config import RLConfig, reward_summary, validate_rl
 from tms.pipeline import ModelRef, data_key, model_kwargs, plain, train_key
 
@@ -72,9 +72,12 @@ def run_rl(cfg: DictConfig, base: ModelRef) -> Stage:
             info.update(fit(module, dm, tok, out, rl_train_config(cfg, config), cfg.trainer, cfg.get("logger"),
                             seed=int(cfg.seed), num_checkpoints=int(rl.num_checkpoints), name="rl"))
             info["train_examples"] = len(dm.train_examples)
-            info["rewards"] = reward_summary(module.reward_history)
-            if module.trainer.is_global_zero:
-                write_json(out / "rewards.json", {**info["rewards"], "per_rollout": module.reward_history})
+            history = module.reward_history
+            if not history and (out / "rewards.json").is_file():  # fit returned a finished run's info untrained
+                history = read_json(out / "rewards.json")["per_rollout"]
+            info["rewards"] = reward_summary(history)
+            if module._trainer is None or module.trainer.is_global_zero:
+                write_json(out / "rewards.json", {**info["rewards"], "per_rollout": history})
             log.info("rl: mean reward %.3f over the first and %.3f over the last 20%% of %d rollouts",
                      info["rewards"].get("first_mean", float("nan")), info["rewards"].get("last_mean", float("nan")),
                      info["rewards"]["rollouts"])

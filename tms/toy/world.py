@@ -99,11 +99,12 @@ def build_base_model(out_dir: Path, build: DictConfig, trainer_cfg: DictConfig, 
                num_checkpoints=1, name="pretrain")
     final = out_dir / "pretrain" / "checkpoints" / "t=01"
     model_dir = out_dir / "model"
-    if model_dir.exists():
-        import shutil
+    if final.exists() or not model_dir.exists():  # else: moved already by a run killed after the move
+        if model_dir.exists():
+            import shutil
 
-        shutil.rmtree(model_dir)
-    final.rename(model_dir)
+            shutil.rmtree(model_dir)
+        final.rename(model_dir)
     return {"parameters": int(n_params), "pretrain": info, "train_examples": len(dm.train_examples),
             "skill_accuracy": skill_accuracy(model_dir, task, int(build.get("eval_n", 200)), int(build.seed))}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -46,11 +46,13 @@ def load_records(
     split: str | None = None,
     config_name: str | None = None,
     required_fields: Sequence[str] = (),
+    field_types: Mapping[str, type | tuple[type, ...]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of ``source`` (hub id or local file) as dicts, checking ``required_fields``.
+    """Rows of ``source`` (hub id or local file) as dicts, checking ``required_fields`` (and their ``field_types``).
 
     For a local *file* the ``split`` argument is ignored (the file is the split); for a directory
-    it selects ``<split>.<ext>``; for a hub id it is passed to ``load_dataset``.
+    it selects ``<split>.<ext>``; for a hub id it is passed to ``load_dataset``. An empty or
+    unreadable local file raises a ValueError naming it.
     """
     import datasets
 
@@ -59,7 +61,14 @@ def load_records(
         fmt = _FORMATS.get(local.suffix)
         if fmt is None:
             raise ValueError(f"unsupported data file type {local.suffix!r} for {local}; use one of {sorted(_FORMATS)}")
-        ds = datasets.load_dataset(fmt, data_files=str(local), split="train")
+        if local.stat().st_size == 0:
+            raise ValueError(f"data file {local} is empty")
+        try:
+            ds = datasets.load_dataset(fmt, data_files=str(local), split="train")
+        except Exception as err:  # malformed JSON, mixed column types, ...: datasets' message names no file
+            cause = err.__cause__ or err.__context__ or err
+            raise ValueError(f"could not read data file {local} as {fmt}: {type(cause).__name__}: {cause}. Every row "
+                             f"must be a complete record with the same fields and field types") from err
         where = str(local)
     else:
         try:
@@ -71,16 +80,26 @@ def load_records(
             ) from err
         where = f"{source}[{split}]"
     rows = [dict(r) for r in ds]
-    check_fields(rows, required_fields, where)
+    if local is not None and not rows:
+        raise ValueError(f"data file {local} has no rows")
+    check_fields(rows, required_fields, where, field_types)
     return rows
 
 
-def check_fields(rows: Iterable[dict], fields: Sequence[str], where: str) -> None:
-    """Raise a ValueError naming ``where``, the row and the field if a required field is missing."""
+def check_fields(rows: Iterable[dict], fields: Sequence[str], where: str,
+                 types: Mapping[str, type | tuple[type, ...]] | None = None) -> None:
+    """Raise a ValueError naming ``where``, the row and the field if a required field is missing
+    or (for the fields in ``types``) has another type."""
+    types = types or {}
     for i, row in enumerate(rows):
         missing = [f for f in fields if f not in row or row[f] is None]
         if missing:
             raise ValueError(f"{where}: row {i} is missing required field(s) {missing}; present: {sorted(row)}")
+        for f, expected in types.items():
+            if f in row and row[f] is not None and not isinstance(row[f], expected):
+                names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+                raise ValueError(f"{where}: row {i} field {f!r} has type {type(row[f]).__name__} "
+                                 f"({str(row[f])[:40]!r}), expected {names}")
 
 
 def apply_teacher_completions(examples: list, path: str | None) -> list:

@@ -94,7 +94,8 @@ class MathTask(Task):
         """Rows of ``source`` (cached, so val and train read the train source once)."""
         key = (source, source_split)
         if key not in self._records:
-            self._records[key] = load_records(source, source_split, self.config_name, required_fields=self.fields)
+            self._records[key] = load_records(source, source_split, self.config_name, required_fields=self.fields,
+                                              field_types=dict.fromkeys(self.fields, str))
         return self._records[key]
 
     def _examples(self, source: str, source_split: str, split: str, rows: range | None = None) -> list[Example]:
