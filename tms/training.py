@@ -119,6 +119,7 @@ def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, tra
     with warnings.catch_warnings():
         # the data module restores the data position itself (tms.data.resume): Lightning's warning does not apply
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # resuming
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None, weights_only=True)
     elapsed = time.time() - t0
     if trainer.is_global_zero:
