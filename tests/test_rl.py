@@ -82,6 +82,14 @@ def test_rl_config_validates_and_names_the_key():
     assert reward_summary([0.0] * 8 + [1.0, 1.0]) == {"rollouts": 10, "fraction": 0.2, "first_mean": 0.0, "last_mean": 1.0}
 
 
+def test_rl_learning_rate_defaults_to_a_fraction_of_the_sft_lr():
+    from tms.methods.rl_stage import rl_learning_rate
+
+    cfg = compose(["method=grpo", "sft.optimizer.lr=2e-5"])
+    assert rl_learning_rate(cfg) == pytest.approx(0.1 * 2e-5)
+    assert rl_learning_rate(compose(["method=reinforce", "rl.lr=3e-6"])) == pytest.approx(3e-6)
+
+
 # ---------------------------------------------------------------- prompt-only data
 
 
@@ -238,3 +246,49 @@ def test_vllm_sync_is_refused_with_the_option_name(smoke_cache):
     cfg = compose(["experiment=smoke", "method=grpo", f"cache_dir={smoke_cache}", "rl.vllm_sync=true"])
     with pytest.raises(NotImplementedError, match="rl.vllm_sync"):
         run_rl(cfg, resolve_base(cfg))
+
+
+def test_rl_killed_mid_training_resumes_to_the_same_model(smoke_base, tmp_path, monkeypatch):
+    """A crash after rollout 2 of 4 and a re-run: the stage resumes from Lightning's last.ckpt (optimiser, scheduler,
+    EMA baseline, RNG, data position; rollouts seeded by (seed, step)) and ends with the uninterrupted run's weights
+    and per-rollout rewards, bit for bit."""
+    from safetensors.torch import load_file
+
+    from tms.methods.rl import RLModule
+    from tms.methods.rl_stage import run_rl
+    from tms.pipeline import ModelRef, final_checkpoint
+
+    base = ModelRef(smoke_base, {"path": "smoke"})
+    common = ["experiment=smoke", "method=reinforce", "rl.max_steps=4", "rl.num_generations=4", "rl.prompts_per_step=8",
+              "trainer.checkpoint_every_n_steps=1", "trainer.log_every_n_steps=1",
+              "rl.reward._target_=tms.rl_rewards.FormatReward", "~rl.reward.threshold"]  # non-zero rewards: real updates
+    full_cfg = compose([*common, f"cache_dir={tmp_path / 'full'}"])
+    full = run_rl(full_cfg, base)
+
+    cfg = compose([*common, f"cache_dir={tmp_path / 'crash'}"])
+    original = RLModule.training_step
+
+    class Crash(RuntimeError):
+        pass
+
+    def crashing(self, batch, batch_idx):
+        if self.global_step == 2:
+            raise Crash("killed before rollout 3")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(RLModule, "training_step", crashing)
+    with pytest.raises(Crash):
+        run_rl(cfg, base)
+    partial = next((tmp_path / "crash" / "rl").glob("*.partial"))
+    assert (partial / "lightning" / "last.ckpt").is_file()
+    monkeypatch.setattr(RLModule, "training_step", original)
+    resumed = run_rl(cfg, base)
+    assert resumed.manifest()["info"]["resumed"] is True
+    a = load_file(str(Path(final_checkpoint(full).path) / "model.safetensors"))
+    b = load_file(str(Path(final_checkpoint(resumed).path) / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    theta0 = load_file(str(Path(smoke_base) / "model.safetensors"))
+    assert any(not torch.equal(a[k], theta0[k]) for k in a)  # the policy moved
+    rewards = read_json(full.dir / "rewards.json")["per_rollout"]
+    assert len(rewards) == 4 and any(r > 0 for r in rewards)
+    assert read_json(resumed.dir / "rewards.json")["per_rollout"] == read_json(full.dir / "rewards.json")["per_rollout"]

@@ -26,18 +26,32 @@ def checkpoint_steps(total_steps: int, T: int) -> list[int]:
     return [(2 * t * total_steps + T) // (2 * T) for t in range(1, T + 1)]
 
 
+def grid_steps(total_steps: int, Ts) -> list[int]:
+    """The union of the equally spaced grids :func:`checkpoint_steps` of every T in ``Ts`` (sorted, distinct).
+
+    A Stage 1 that saves these contains, for each T, exactly the checkpoints a Stage 1 with that T
+    would save (training does not depend on when checkpoints are saved), so a T sweep shares one Stage 1.
+    """
+    return sorted({s for T in Ts for s in checkpoint_steps(total_steps, int(T))})
+
+
 class TrajectoryCheckpoints(L.Callback):
     """Save T equally spaced HF checkpoints ``<dirpath>/t=XX`` and the held-out NLL at each.
 
     The index ``trajectory.json`` in ``dirpath`` maps t to its optimiser step, directory and PLD
     (validation NLL of the references), i.e. the data of the paper's Table 1 / failure mode A.
     Checkpoints that already exist with their index entry (a resumed run) are not written again.
+    With ``grid`` (a list of T's) the checkpoints are the union of their grids (:func:`grid_steps`),
+    numbered 1..len(union) in step order; the index records the grid.
     """
 
-    def __init__(self, dirpath: str | Path, num_checkpoints: int, tokenizer, val_loader_fn=None) -> None:
+    def __init__(self, dirpath: str | Path, num_checkpoints: int, tokenizer, val_loader_fn=None,
+                 grid=None) -> None:
         self.dirpath, self.T, self.tokenizer = Path(dirpath), int(num_checkpoints), tokenizer
         self.val_loader_fn = val_loader_fn
+        self.grid = sorted(int(t) for t in grid) if grid else None
         self.steps: list[int] = []
+        self._visited: set[int] = set()
 
     @property
     def index_path(self) -> Path:
@@ -47,16 +61,23 @@ class TrajectoryCheckpoints(L.Callback):
         return read_json(self.index_path) if self.index_path.exists() else {"checkpoints": {}}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        self.steps = checkpoint_steps(int(trainer.estimated_stepping_batches), self.T)
+        total = int(trainer.estimated_stepping_batches)
+        self.steps = grid_steps(total, self.grid) if self.grid else checkpoint_steps(total, self.T)
+        self.T = len(self.steps)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = int(trainer.global_step)
         if step not in self.steps:
             return
+        if step in self._visited:  # the micro-batches of the next accumulation window still see this step
+            return
+        self._visited.add(step)
         t = self.steps.index(step) + 1
         out = self.dirpath / f"t={t:02d}"
-        if out.exists() and str(t) in self.load_index()["checkpoints"]:
-            return  # saved before a crash; a directory without its index entry is exported again
+        # saved before a crash (a directory without its index entry is exported again); rank 0 writes the index,
+        # so its view decides on every rank (exporting is collective under DDP/FSDP)
+        if trainer.strategy.broadcast(out.exists() and str(t) in self.load_index()["checkpoints"]):
+            return
         pld = pl_module.reference_nll(self.val_loader_fn()) if self.val_loader_fn is not None else {}
         pl_module.export_hf(out, self.tokenizer)
         for k, v in pld.items():
@@ -64,6 +85,8 @@ class TrajectoryCheckpoints(L.Callback):
         if trainer.is_global_zero:
             index = self.load_index()
             index["T"], index["total_steps"] = self.T, int(trainer.estimated_stepping_batches)
+            if self.grid:
+                index["grid"] = self.grid
             index["checkpoints"][str(t)] = {"step": step, "path": out.name, **pld}
             write_json(self.index_path, index)
 

@@ -18,22 +18,30 @@ def run_dir() -> Path:
 
 
 def setup(cfg: DictConfig) -> Path:
-    """Quiet third-party logs, expand the cache path, record the resolved config (without credentials) and seed."""
+    """Quiet third-party logs, expand the cache path, record the resolved config (without credentials) and seed.
+
+    In a multi-process job only rank 0 writes.
+    """
+    from tms import distributed
     from tms.io import write_json
     from tms.redact import redact
+    from tms.tracking import prepare_logger
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg.cache_dir = os.path.expanduser(str(cfg.cache_dir))
+    prepare_logger(cfg)  # W&B: the sweep's group and the resolved config
     out = run_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True))), out / "config.resolved.yaml")
-    write_json(out / "seed.json", {"seed": int(cfg.seed)})
+    if distributed.is_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True))), out / "config.resolved.yaml")
+        write_json(out / "seed.json", {"seed": int(cfg.seed)})
     return out
 
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
+    from tms import distributed
     from tms.evaluation.table import summary_table
     from tms.pipeline import run
 
@@ -41,9 +49,12 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     from tms.validation import validate
 
     validate(cfg)  # before anything is written
-    out = setup(cfg)
-    results = run(cfg, out, validated=True)
-    log_results(cfg, results, out)
+    with distributed.session(cfg.trainer):  # several processes (trainer=ddp/fsdp/...): start or join the ranks
+        out = setup(cfg)
+        results = run(cfg, out, validated=True)
+        if not distributed.is_zero():
+            return results
+        log_results(cfg, results, out)
     table = summary_table(results["rows"], list(cfg.eval.get("retention") or []), str(cfg.eval.target))
     print(f"\n{table}\n")
     print(f"results:     {out / 'results.json'}")
@@ -63,12 +74,12 @@ def run_harvest_only(cfg: DictConfig) -> Path:
     """
     from hydra.utils import instantiate
 
+    from tms import distributed
     from tms.buffer import read_buffer, t_dir
-    from tms.pipeline import link, resolve_base, run_harvest, run_sft
+    from tms.pipeline import link, resolve_base, run_harvest, run_sft, stage1_indices
     from tms.validation import validate
 
     validate(cfg)  # before anything is written
-    out = setup(cfg)
     T = int(cfg.sft.num_checkpoints)
     ts = cfg.harvest.get("checkpoints")
     ts = [int(t) for t in ts] if ts is not None else instantiate(cfg.data.target_source).required_checkpoints(T)
@@ -77,9 +88,15 @@ def run_harvest_only(cfg: DictConfig) -> Path:
     bad = [t for t in ts if not 0 <= t <= T]
     if bad:
         raise ValueError(f"harvest.checkpoints: {bad} outside 0..T={T}")
-    base = resolve_base(cfg)
-    sft = run_sft(cfg, base) if any(t > 0 for t in ts) else None
-    stages = run_harvest(cfg, base, sft, ts)
+    with distributed.session(cfg.trainer):  # a multi-process job: Stage 1 trains on every rank, the HF harvest is split
+        out = setup(cfg)
+        distributed.require_session(cfg.trainer)
+        base = resolve_base(cfg)
+        sft = run_sft(cfg, base) if any(t > 0 for t in ts) else None
+        ts = list(stage1_indices(sft, T, ts).values())  # Stage 1's indices (differ from t with a shared grid, sft.grid)
+        stages = run_harvest(cfg, base, sft, ts)
+        if not distributed.is_zero():
+            return out / "buffer"
     for t, stage in zip(ts, stages):
         link(t_dir(out / "buffer", t), t_dir(stage.dir, t))
     rows = read_buffer(out / "buffer").num_rows

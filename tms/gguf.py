@@ -136,12 +136,11 @@ def convert_cached(spec: Mapping[str, Any], cache_dir: str | Path) -> tuple[str,
     path = locate_gguf(spec)
     stage = Stage(cache_dir, "gguf", {"package": str(spec["package"]), "gguf": fingerprint(path),
                                       "converter": CONVERTER_VERSION})
-    if not stage.done:
-        with stage.lock():
-            if not stage.done:
-                require_converter(spec)
-                log.info("converting %s into %s (once)", path, stage.dir)
-                with stage.build() as (out, info):
-                    info.update(convert(path, out / "model"))
-                    info["source"] = str(path)
+    def fill(out: Path, info: dict) -> None:  # rank 0 alone in a multi-process job
+        require_converter(spec)
+        log.info("converting %s into %s (once)", path, stage.dir)
+        info.update(convert(path, out / "model"))
+        info["source"] = str(path)
+
+    stage.ensure(fill, ranks="zero")
     return str(stage.dir / "model"), {"stage": f"gguf/{stage.hash}"}

@@ -36,15 +36,19 @@ def harvest_checkpoint(
     seed: int,
     shard_size: int,
     progress: bool = True,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict:
     """Write ``out_root/t=XXX/shard-*.parquet`` for checkpoint ``t``; returns throughput info.
 
     Each row: example_id, prompt, t, step, sample_index, completion, num_tokens, finish_reason
-    and the verifier score of the completion.
+    and the verifier score of the completion. With ``world > 1`` this process writes only the shards
+    ``i ≡ rank (mod world)`` (data-parallel harvest; the counts in the info are this rank's).
     """
     plan = shard_plan(len(examples), shard_size)
-    pending = [i for i in range(len(plan)) if not shard_path(out_root, t, i).exists()]
-    info = {"t": int(t), "shards": len(plan), "resumed_shards": len(plan) - len(pending), "completions": 0,
+    pending = [i for i in range(len(plan)) if i % world == rank and not shard_path(out_root, t, i).exists()]
+    mine = len(range(rank, len(plan), world))
+    info = {"t": int(t), "shards": len(plan), "resumed_shards": mine - len(pending), "completions": 0,
             "tokens": 0, "seconds": 0.0}
     if not pending:
         return info

@@ -69,13 +69,13 @@ def resolve_base(cfg: DictConfig) -> ModelRef:
         raise ValueError("model.name_or_path, model.gguf and model.build are all null: nothing to load θ0 from")
     from tms.toy.world import build_base_model
 
-    stage = toy_base_stage(cfg)
-    if not stage.done:
-        with stage.lock():
-            if not stage.done:
-                log.info("building the toy base model θ0 into %s", stage.partial)
-                with stage.build(seed=int(m.build.seed)) as (out, info):
-                    info.update(build_base_model(out, m.build, cfg.trainer, seed=int(m.build.seed)))
+    from tms.distributed import single_process
+
+    def fill(out: Path, info: dict) -> None:  # rank 0 alone, one process: θ0 is part of the toy world, not of the job
+        log.info("building the toy base model θ0 into %s", out)
+        info.update(build_base_model(out, m.build, single_process(cfg.trainer), seed=int(m.build.seed)))
+
+    stage = toy_base_stage(cfg).ensure(fill, seed=int(m.build.seed), ranks="zero")
     return ModelRef(str(stage.dir / "model"), {"stage": f"base/{stage.hash}"})
 
 
@@ -93,14 +93,22 @@ def data_key(cfg: DictConfig) -> dict[str, Any]:
 def train_key(cfg: DictConfig) -> dict[str, Any]:
     from tms.training import accumulation, world_size
 
-    return {"sft": plain(cfg.sft), "accumulate": accumulation(cfg.sft, cfg.trainer), "world_size": world_size(cfg.trainer),
-            "precision": cfg.trainer.precision, "model": model_kwargs(cfg),
-            "gradient_checkpointing": bool(cfg.model.get("gradient_checkpointing", False))}
+    key = {"sft": plain(cfg.sft), "accumulate": accumulation(cfg.sft, cfg.trainer), "world_size": world_size(cfg.trainer),
+           "precision": cfg.trainer.precision, "model": model_kwargs(cfg),
+           "gradient_checkpointing": bool(cfg.model.get("gradient_checkpointing", False))}
+    strategy = plain(cfg.trainer.get("strategy"))
+    if strategy not in (None, "auto"):  # DDP / FSDP / FSDP2 change the numerics (sharding, mixed precision)
+        key["strategy"] = strategy
+    return key
 
 
 def train_stage(cfg: DictConfig, name: str, key: dict[str, Any], init: ModelRef, source, buffer, T: int | None,
-                num_checkpoints: int) -> Stage:
-    """Build (or reuse) a training stage: SFT-style training of ``init`` on ``source`` targets."""
+                num_checkpoints: int, grid: list[int] | None = None) -> Stage:
+    """Build (or reuse) a training stage: SFT-style training of ``init`` on ``source`` targets.
+
+    In a multi-process job every rank trains (``Stage.build`` lets rank 0 alone lock and publish);
+    ``grid`` (Stage 1 of a T sweep): save the union of the equally spaced grids of these T's.
+    """
     from tms.data.datamodule import PostTrainDataModule
     from tms.methods.sft import SFTModule
     from tms.models import load_tokenizer
@@ -123,7 +131,7 @@ def train_stage(cfg: DictConfig, name: str, key: dict[str, Any], init: ModelRef,
                                model_kwargs=model_kwargs(cfg),
                                gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)))
             info.update(fit(module, dm, tok, out, cfg.sft, cfg.trainer, cfg.get("logger"), seed=int(cfg.seed),
-                            num_checkpoints=num_checkpoints, name=name))
+                            num_checkpoints=num_checkpoints, name=name, **({"grid": grid} if grid else {})))
             info["train_examples"] = len(dm.train_examples)
     return stage
 
@@ -132,13 +140,45 @@ def run_sft(cfg: DictConfig, base: ModelRef) -> Stage:
     """Stage 1: SFT of θ0 on the references, saving T equally spaced checkpoints."""
     from tms.data.sources import ReferenceSource
 
-    return train_stage(cfg, "sft", sft_key(cfg, base), base, ReferenceSource(), None, None, int(cfg.sft.num_checkpoints))
+    return train_stage(cfg, "sft", sft_key(cfg, base), base, ReferenceSource(), None, None, int(cfg.sft.num_checkpoints),
+                       grid=shared_grid(cfg))
 
 
 def sft_key(cfg: DictConfig, base: ModelRef) -> dict[str, Any]:
-    """Everything Stage 1 depends on (not the target source, α or p(t): sweeps over those share it)."""
-    return {"base": base.identity, "data": data_key(cfg), "train": train_key(cfg), "T": int(cfg.sft.num_checkpoints),
-            "seed": int(cfg.seed)}
+    """Everything Stage 1 depends on (not the target source, α or p(t): sweeps over those share it).
+
+    With ``sft.grid`` (a T sweep) the key holds the grid instead of T, so every T of the sweep shares it.
+    """
+    key = {"base": base.identity, "data": data_key(cfg), "train": train_key(cfg), "T": int(cfg.sft.num_checkpoints),
+           "seed": int(cfg.seed)}
+    grid = shared_grid(cfg)
+    if grid:
+        del key["T"], key["train"]["sft"]["num_checkpoints"]
+        key["grid"] = grid
+    return key
+
+
+def shared_grid(cfg: DictConfig) -> list[int] | None:
+    """``sft.grid``: the T values whose checkpoint grids one Stage 1 saves together (a T sweep), sorted; else None."""
+    grid = cfg.sft.get("grid")
+    return sorted({int(t) for t in grid}) if grid else None
+
+
+def stage1_indices(sft: Stage | None, T: int, ts: list[int]) -> dict[int, int]:
+    """Stage 1's checkpoint index of each t in ``ts`` (the t-th of T equally spaced checkpoints; 0 = θ0).
+
+    The identity unless Stage 1 saved a shared grid (``sft.grid``): then checkpoint t of T is the one
+    saved at step round(t·N/T) (:func:`tms.callbacks.checkpoint_steps`), which
+    the grid contains, so a T-subset of one Stage 1 is exactly what a Stage 1 run with T would save.
+    """
+    traj = sft.manifest()["info"]["trajectory"] if sft is not None else {}
+    if not traj.get("grid"):
+        return {t: t for t in ts}
+    from tms.callbacks import checkpoint_steps
+
+    by_step = {int(e["step"]): int(k) for k, e in traj["checkpoints"].items()}
+    steps = checkpoint_steps(int(traj["total_steps"]), int(T))
+    return {t: (0 if t == 0 else by_step[steps[t - 1]]) for t in ts}
 
 
 def checkpoint_ref(sft: Stage | None, base: ModelRef, t: int) -> tuple[ModelRef, int]:
@@ -158,7 +198,13 @@ def harvest_key(cfg: DictConfig, model: ModelRef, t: int) -> dict[str, Any]:
 
 
 def run_harvest(cfg: DictConfig, base: ModelRef, sft: Stage | None, ts: list[int]) -> list[Stage]:
-    """Harvest every checkpoint in ``ts`` (one cached stage per checkpoint); returns the stages."""
+    """Harvest every checkpoint in ``ts`` (one cached stage per checkpoint); returns the stages.
+
+    In a multi-process job the HF backend is data-parallel (rank r generates the shards i ≡ r mod
+    world on its own device; the buffer is the same as one process's, shard seeds do not depend on
+    the rank); vLLM (tensor-parallel over ``harvest.tensor_parallel_size`` GPUs) runs on rank 0 alone.
+    """
+    from tms import distributed
     from tms.data.formatting import prompt_ids
     from tms.generation.base import SamplingParams
     from tms.generation.factory import check_backend, make_generator
@@ -173,42 +219,69 @@ def run_harvest(cfg: DictConfig, base: ModelRef, sft: Stage | None, ts: list[int
     sampling = SamplingParams(temperature=float(cfg.harvest.temperature), top_p=float(cfg.harvest.top_p),
                               max_new_tokens=int(cfg.harvest.max_new_tokens))
     k = int(cfg.harvest.samples_per_prompt)
+    parallel = cfg.harvest.backend == "hf"
     stages = []
-    tok = None
     for t in ts:
         model, step = checkpoint_ref(sft, base, t)
+
+        def fill(out: Path, info: dict, t: int = t, model: ModelRef = model, step: int = step) -> None:
+            tok = load_tokenizer(base.path, trust_remote_code=bool(cfg.model.get("trust_remote_code")))
+            prompts = [prompt_ids(tok, task.messages(e)) for e in examples]
+            rank, world = (distributed.rank(), distributed.world()) if parallel else (0, 1)
+            part = harvest_checkpoint(
+                lambda: make_generator(cfg.harvest.backend, model.path, cfg.harvest, cfg.model, int(cfg.seed)),
+                task, examples, prompts, out, t, step, sampling, k, int(cfg.seed), int(cfg.harvest.shard_size),
+                rank=rank, world=world)
+            parts = distributed.all_gather(part) if parallel else [part]  # every rank's shards are written
+            if distributed.is_zero():
+                info.update(merge_harvest_info(parts))
+                info.update(check_complete(out, t, [e.id for e in examples], k))
+                info["model"] = model.path
+
         stage = Stage(cfg.cache_dir, "harvest", harvest_key(cfg, model, t))
-        if not stage.done:
-            with stage.lock():
-                if not stage.done:
-                    with stage.build(seed=int(cfg.seed)) as (out, info):
-                        tok = tok or load_tokenizer(base.path, trust_remote_code=bool(cfg.model.get("trust_remote_code")))
-                        prompts = [prompt_ids(tok, task.messages(e)) for e in examples]
-                        info.update(harvest_checkpoint(
-                            lambda: make_generator(cfg.harvest.backend, model.path, cfg.harvest, cfg.model, int(cfg.seed)),
-                            task, examples, prompts, out, t, step, sampling, k, int(cfg.seed),
-                            int(cfg.harvest.shard_size)))
-                        info.update(check_complete(out, t, [e.id for e in examples], k))
-                        info["model"] = model.path
-        stages.append(stage)
+        stages.append(stage.ensure(fill, seed=int(cfg.seed), ranks="all" if parallel else "zero"))
     return stages
 
 
-def load_buffer(stages: list[Stage]):
-    """One :class:`~tms.buffer.TrajectoryBuffer` over the per-checkpoint harvest stages."""
+def merge_harvest_info(parts: list[dict]) -> dict:
+    """One manifest entry from the ranks' harvest infos: counts summed, rates over the slowest rank."""
+    out = dict(parts[0])
+    for key in ("resumed_shards", "completions", "tokens"):
+        out[key] = sum(p[key] for p in parts)
+    out["seconds"] = max(p["seconds"] for p in parts)
+    for key, num in (("completions_per_s", "completions"), ("tokens_per_s", "tokens")):
+        if any(key in p for p in parts):
+            out[key] = round(out[num] / max(out["seconds"], 1e-9), 2)
+    if len(parts) > 1:
+        out["ranks"] = len(parts)
+    return out
+
+
+def load_buffer(stages: list[Stage], relabel: dict[int, int] | None = None):
+    """One :class:`~tms.buffer.TrajectoryBuffer` over the per-checkpoint harvest stages.
+
+    ``relabel`` maps Stage 1 checkpoint indices to the student's t (a T-subset of a shared grid,
+    :func:`stage1_indices`); identity when None.
+    """
     import pyarrow as pa
 
     from tms.buffer import TrajectoryBuffer, read_buffer
 
-    return TrajectoryBuffer(pa.concat_tables([read_buffer(s.dir) for s in stages]))
+    table = pa.concat_tables([read_buffer(s.dir) for s in stages])
+    if relabel and any(k != v for k, v in relabel.items()):
+        col = table.schema.get_field_index("t")
+        ts = [relabel.get(int(t), int(t)) for t in table.column("t").to_pylist()]
+        table = table.set_column(col, table.schema.field(col), pa.array(ts, type=table.schema.field(col).type))
+    return TrajectoryBuffer(table)
 
 
-def run_student(cfg: DictConfig, base: ModelRef, source, harvests: list[Stage], T: int) -> Stage:
+def run_student(cfg: DictConfig, base: ModelRef, source, harvests: list[Stage], T: int,
+                relabel: dict[int, int] | None = None) -> Stage:
     """Stage 2: a student from θ0 on the target source's draws (same hyperparameters as Stage 1)."""
     key = {"base": base.identity, "data": data_key(cfg), "source": plain(cfg.data.target_source),
            "harvest": sorted(s.hash for s in harvests), "train": train_key(cfg), "T": T,
            "num_checkpoints": int(cfg.student.num_checkpoints), "seed": int(cfg.seed)}
-    buffer = load_buffer(harvests) if harvests else None
+    buffer = load_buffer(harvests, relabel) if harvests else None
     return train_stage(cfg, "student", key, base, source, buffer, T, int(cfg.student.num_checkpoints))
 
 
@@ -230,15 +303,13 @@ def run_eval(cfg: DictConfig, model: ModelRef, base: ModelRef) -> dict[str, Any]
     suite.pop("benchmarks", None)
     key = {"model": model.identity, "base": base.identity, "suite": plain(cfg.eval), "pld_data": data_key(cfg),
            "seed": int(cfg.seed)}
-    stage = Stage(cfg.cache_dir, "eval", key)
-    if not stage.done:
-        with stage.lock():
-            if not stage.done:
-                with stage.build(seed=int(cfg.seed)) as (out, info):
-                    res = evaluate_model(model.path, suite, eval_tasks(cfg), base.path, instantiate(cfg.data.task),
-                                         model_kwargs(cfg), int(cfg.seed))
-                    write_json(out / "results.json", res)
-                    info["target"] = res["target"]
+    def fill(out: Path, info: dict) -> None:  # rank 0 alone in a multi-process job
+        res = evaluate_model(model.path, suite, eval_tasks(cfg), base.path, instantiate(cfg.data.task),
+                             model_kwargs(cfg), int(cfg.seed))
+        write_json(out / "results.json", res)
+        info["target"] = res["target"]
+
+    stage = Stage(cfg.cache_dir, "eval", key).ensure(fill, seed=int(cfg.seed), ranks="zero")
     from tms.io import read_json
 
     return read_json(stage.dir / "results.json")
@@ -254,13 +325,16 @@ def summarize(name: str, res: dict[str, Any], base_res: dict[str, Any], cfg: Dic
 def run(cfg: DictConfig, run_dir: str | Path, validated: bool = False) -> dict[str, Any]:
     """The whole pipeline for ``cfg.method``; writes ``results.json`` and ``pipeline.json`` into ``run_dir``.
 
-    The config is validated first unless the caller did (``validated=True``).
+    The config is validated first unless the caller did (``validated=True``). In a multi-process job
+    (:func:`tms.distributed.session`) every rank calls it; rank 0 writes the run directory.
     """
+    from tms import distributed
     from tms.validation import validate
 
     run_dir = Path(run_dir)
     if not validated:
         validate(cfg)
+    distributed.require_session(cfg.trainer)
     kind = cfg.method.kind
     base = resolve_base(cfg)
     stages: dict[str, Any] = {"base": base.path}
@@ -274,9 +348,10 @@ def run(cfg: DictConfig, run_dir: str | Path, validated: bool = False) -> dict[s
         ts = source.required_checkpoints(T)
         if any(t > 0 for t in ts):
             sft = run_sft(cfg, base)
-        harvests = run_harvest(cfg, base, sft, ts) if ts else []
+        idx = stage1_indices(sft, T, ts)  # the identity unless Stage 1 saved a shared grid (T sweep)
+        harvests = run_harvest(cfg, base, sft, [idx[t] for t in ts]) if ts else []
         stages["harvest"] = {f"t={t}": str(s.dir) for t, s in zip(ts, harvests)}
-        student = run_student(cfg, base, source, harvests, T)
+        student = run_student(cfg, base, source, harvests, T, relabel={idx[t]: t for t in ts})
         stages["student"] = str(student.dir)
         final = final_checkpoint(student)
     elif kind == "rl":
@@ -299,15 +374,19 @@ def run(cfg: DictConfig, run_dir: str | Path, validated: bool = False) -> dict[s
 
     results = {**rows[cfg.method.name], "model": final.path, "seed": int(cfg.seed), "rows": rows,
                "suite": suite_names(cfg)}
-    write_json(run_dir / "results.json", results)
-    write_json(run_dir / "pipeline.json", {"stages": stages, "final_model": final.path, "seed": int(cfg.seed)})
-    if sft is not None:
-        link(run_dir / "checkpoints", sft.dir / "checkpoints")
-        if cfg.get("eval_checkpoints"):  # SFT's checkpoint curve (target vs retention, KL, PLD per t)
-            from tms.evaluation.run import checkpoint_curve
+    curve = None
+    if sft is not None and cfg.get("eval_checkpoints"):  # SFT's checkpoint curve (target vs retention, KL, PLD per t)
+        from tms.evaluation.run import checkpoint_curve
 
-            write_json(run_dir / "checkpoints.json", checkpoint_curve(cfg, sft.dir / "checkpoints", base))
-    link(run_dir / "model", Path(final.path))
+        curve = checkpoint_curve(cfg, sft.dir / "checkpoints", base)
+    if distributed.is_zero():
+        write_json(run_dir / "results.json", results)
+        write_json(run_dir / "pipeline.json", {"stages": stages, "final_model": final.path, "seed": int(cfg.seed)})
+        if sft is not None:
+            link(run_dir / "checkpoints", sft.dir / "checkpoints")
+        if curve is not None:
+            write_json(run_dir / "checkpoints.json", curve)
+        link(run_dir / "model", Path(final.path))
     return results
 
 

@@ -52,13 +52,17 @@ def build_logger(logger_cfg: DictConfig | None, save_dir: Path, name: str):
     """CSV by default; any Lightning logger through ``_target_`` (W&B: ``logger=wandb``).
 
     ``save_dir`` is the stage directory; ``name`` (the stage) is used when the config sets none.
+    W&B runs get their group, config and privacy settings from :func:`tms.tracking.logger_kwargs`.
     """
     from hydra.utils import instantiate
+
+    from tms.tracking import logger_kwargs
 
     if not logger_cfg:
         return False
     extra = {"name": name} if logger_cfg.get("name") is None else {}
-    return instantiate(logger_cfg, save_dir=str(save_dir), **extra)
+    kwargs = {"save_dir": str(save_dir), **extra, **logger_kwargs(logger_cfg, save_dir, name)}
+    return instantiate(logger_cfg, _convert_="all", **kwargs)  # plain dicts (W&B settings must be a dict)
 
 
 def build_trainer(trainer_cfg: DictConfig, train_cfg: DictConfig, out_dir: Path, callbacks: list, logger) -> L.Trainer:
@@ -96,7 +100,8 @@ def build_trainer(trainer_cfg: DictConfig, train_cfg: DictConfig, out_dir: Path,
 
 
 def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, trainer_cfg: DictConfig,
-        logger_cfg: DictConfig | None, seed: int, num_checkpoints: int, name: str) -> dict[str, Any]:
+        logger_cfg: DictConfig | None, seed: int, num_checkpoints: int, name: str,
+        grid: list[int] | None = None) -> dict[str, Any]:
     """Train ``module`` on ``datamodule`` into ``out_dir``; returns info for the stage manifest.
 
     Outputs: ``checkpoints/t=XX`` (HF directories, T of them, the last one at the final step),
@@ -108,7 +113,8 @@ def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, tra
     if (out_dir / FINISHED).is_file():  # killed after training, before the stage was published
         return read_json(out_dir / FINISHED)
     L.seed_everything(int(seed), workers=True, verbose=False)
-    traj = TrajectoryCheckpoints(out_dir / "checkpoints", num_checkpoints, tokenizer, val_loader_fn=datamodule.val_dataloader)
+    traj = TrajectoryCheckpoints(out_dir / "checkpoints", num_checkpoints, tokenizer, val_loader_fn=datamodule.val_dataloader,
+                                 grid=grid)
     trainer = build_trainer(trainer_cfg, train_cfg, out_dir, [traj, Throughput(trainer_cfg.get("log_every_n_steps", 10))],
                             build_logger(logger_cfg, out_dir, name))
     last = out_dir / "lightning" / "last.ckpt"
@@ -120,12 +126,15 @@ def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, tra
         # the data module restores the data position itself (tms.data.resume): Lightning's warning does not apply
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # resuming
+        # RL (manual optimisation) checkpoints after the optimiser step of the batch the loop counts as done: a
+        # resume continues with the next rollout, which is what we want
+        warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None, weights_only=True)
     elapsed = time.time() - t0
     if trainer.is_global_zero:
         write_json(out_dir / "mixture_counts.json", {str(k): v for k, v in sorted(datamodule.mixture_counts.items())})
     index = traj.load_index()
-    missing = [t for t in range(1, num_checkpoints + 1) if str(t) not in index["checkpoints"]]
+    missing = [t for t in range(1, len(traj.steps) + 1) if str(t) not in index["checkpoints"]]
     if missing:
         raise RuntimeError(f"{name}: training ended without trajectory checkpoints {missing} (steps {traj.steps})")
     info = {

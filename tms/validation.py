@@ -110,6 +110,12 @@ def validate(cfg: DictConfig) -> None:
             f"T={T} is larger than the {steps} optimiser steps of Stage 1 ({len(train)} examples, batch "
             f"{cfg.sft.batch_size}, accumulation {accumulation(cfg.sft, cfg.trainer)}, {cfg.sft.epochs} epochs); "
             "lower T or train longer")
+    grid = cfg.sft.get("grid")  # a T sweep's shared Stage 1 (conf/hparams/T.yaml)
+    if grid is not None:
+        ok = len(grid) > 0 and all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in grid)
+        require(ok, "sft.grid", f"must be a non-empty list of integers >= 1 (the T values of the sweep), got {grid!r}")
+        require(int(T) in set(grid), "sft.grid", f"{list(grid)} does not contain sft.num_checkpoints={T}")
+        require(max(grid) <= steps, "sft.grid", f"T={max(grid)} is larger than the {steps} optimiser steps of Stage 1")
     if cfg.method.kind == "student":  # the student trains with Stage 1's hyperparameters on the same prompts
         S = cfg.student.num_checkpoints
         positive_int(cfg, "student.num_checkpoints", S)

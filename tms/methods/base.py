@@ -41,6 +41,18 @@ class CausalLMModule(L.LightningModule):
         self.model.train()  # from_pretrained returns the model in eval mode
         if self.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # -- sharding hook (tms.strategies): FSDP / FSDP2 wrap the decoder layers of the loaded model here --
+        shard = getattr(self._trainer.strategy, "shard_module", None) if self._trainer is not None else None
+        if shard is not None:
+            self.model = shard(self.model)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping, or the sharding strategy's (FSDP clips through its root module)."""
+        clip = getattr(self.trainer.strategy, "clip_gradients_of", None)
+        if clip is not None and gradient_clip_val:
+            clip(self.model, gradient_clip_val, gradient_clip_algorithm or "norm")
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
@@ -90,11 +102,17 @@ class CausalLMModule(L.LightningModule):
         return {"pld": nll / max(n_seq, 1.0), "nll_token": nll / max(n_tok, 1.0)}
 
     def export_hf(self, out_dir: str | Path, tokenizer) -> None:
-        """Save the current weights as an HF directory (rank 0 writes; every rank must call it)."""
-        from tms.io import atomic_dir
+        """Save the current weights as an HF directory (rank 0 writes; every rank must call it).
 
+        Under a sharding strategy the full state dict is gathered to rank 0 first (collective).
+        """
+        from tms.io import atomic_dir
+        from tms.strategies import full_state_dict
+
+        state = full_state_dict(self.trainer.strategy, self.model)  # None unless the parameters are sharded
         if self.trainer.is_global_zero:
             with atomic_dir(out_dir) as tmp:
-                self.model.save_pretrained(str(tmp), safe_serialization=True)
+                self.model.save_pretrained(str(tmp), safe_serialization=True,
+                                           **({"state_dict": state} if state is not None else {}))
                 tokenizer.save_pretrained(str(tmp))
         self.trainer.strategy.barrier("export_hf")

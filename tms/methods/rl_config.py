@@ -95,7 +95,9 @@ def validate_rl(cfg: DictConfig, n_prompts: int | None = None) -> RLConfig:
     max_steps = rl.get("max_steps")
     require(max_steps is None or (isinstance(max_steps, int) and (max_steps == -1 or max_steps >= 1)), "rl.max_steps",
             f"must be -1 (derived from rl.epochs) or an integer >= 1, got {max_steps!r}")
-    require(rl.get("lr") is None or float(rl.lr) > 0, "rl.lr", f"must be null (sft.optimizer.lr) or > 0, got {rl.get('lr')}")
+    require(rl.get("lr") is None or float(rl.lr) > 0, "rl.lr",
+            f"must be null (rl.lr_scale * sft.optimizer.lr) or > 0, got {rl.get('lr')}")
+    require(float(rl.get("lr_scale", 1.0)) > 0, "rl.lr_scale", f"must be > 0, got {rl.get('lr_scale')}")
     require(rl.get("reward") is not None and "_target_" in rl.reward, "rl.reward",
             "must be a Hydra node with a _target_ (e.g. tms.rl_rewards.VerifierReward)")
     config = RLConfig.from_config(rl)

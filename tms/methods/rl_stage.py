@@ -41,6 +41,13 @@ def rl_train_config(cfg: DictConfig, config: RLConfig) -> DictConfig:
                              "accumulate_grad_batches": 1, "gradient_clip_val": None})
 
 
+def rl_learning_rate(cfg: DictConfig) -> float:
+    """``rl.lr`` if set, else ``rl.lr_scale`` (default 1) × ``sft.optimizer.lr``."""
+    if cfg.rl.get("lr") is not None:
+        return float(cfg.rl.lr)
+    return float(cfg.rl.get("lr_scale", 1.0)) * float(cfg.sft.optimizer.lr)
+
+
 def run_rl(cfg: DictConfig, base: ModelRef) -> Stage:
     """Build (or reuse) the RL stage from θ0 = ``base``; returns the finished stage."""
     from tms.data.datamodule import PostTrainDataModule
@@ -64,8 +71,7 @@ def run_rl(cfg: DictConfig, base: ModelRef) -> Stage:
                                      seed=int(cfg.seed), train_limit=cfg.data.get("train_limit"),
                                      val_limit=cfg.data.get("val_limit"), mode="prompts",
                                      batch_repeats=config.num_iterations).connect(tok)
-            lr = {"lr": float(rl.lr)} if rl.get("lr") is not None else {}
-            module = RLModule(base.path, optimizer=instantiate(cfg.sft.optimizer, **lr),
+            module = RLModule(base.path, optimizer=instantiate(cfg.sft.optimizer, lr=rl_learning_rate(cfg)),
                               scheduler=instantiate(cfg.sft.scheduler), model_kwargs=model_kwargs(cfg),
                               gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
                               reward_fn=instantiate(rl.reward), rl=config, seed=int(cfg.seed))
