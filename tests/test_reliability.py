@@ -469,7 +469,6 @@ def test_pipeline_killed_mid_sft_harvest_and_student_resumes_to_identical_output
     assert not list(cache.glob("*/*.partial")), "every stage must be published"
 
 
-@pytest.mark.slow
 def test_whole_pipeline_is_deterministic_given_the_seed(smoke_cache, tmp_path):
     """Two runs with seed 0 into separate caches: identical buffers, loss curves, student weights and results;
     seed 1 differs."""
