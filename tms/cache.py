@@ -129,6 +129,7 @@ class Stage:
         if ranks not in ("all", "zero"):
             raise ValueError(f"Stage.ensure(ranks={ranks!r}): expected 'all' or 'zero'")
         if self.done:
+            log.info("%s: reusing %s", self.name, self.dir)
             return self
         with self.lock():
             if self.done:  # another process built it while we waited for the lock

@@ -106,7 +106,7 @@ def train_stage(cfg: DictConfig, name: str, key: dict[str, Any], init: ModelRef,
                 num_checkpoints: int, grid: list[int] | None = None) -> Stage:
     """Build (or reuse) a training stage: SFT-style training of ``init`` on ``source`` targets.
 
-    In a multi-process job every rank trains (``Stage.build`` lets rank 0 alone lock and publish);
+    In a multi-process job every rank trains (``Stage.ensure``: rank 0 alone locks and publishes);
     ``grid`` (Stage 1 of a T sweep): save the union of the equally spaced grids of these T's.
     """
     from tms.data.datamodule import PostTrainDataModule
@@ -114,26 +114,20 @@ def train_stage(cfg: DictConfig, name: str, key: dict[str, Any], init: ModelRef,
     from tms.models import load_tokenizer
     from tms.training import fit
 
-    stage = Stage(cfg.cache_dir, name, key)
-    if stage.done:
-        log.info("%s: reusing %s", name, stage.dir)
-        return stage
-    with stage.lock():
-        if stage.done:
-            return stage
-        with stage.build(seed=int(cfg.seed)) as (out, info):
-            tok = load_tokenizer(init.path, trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
-            dm = PostTrainDataModule(instantiate(cfg.data.task), source, batch_size=int(cfg.sft.batch_size),
-                                     max_length=int(cfg.data.max_length), seed=int(cfg.seed),
-                                     train_limit=cfg.data.get("train_limit"), val_limit=cfg.data.get("val_limit"),
-                                     buffer=buffer, T=T).connect(tok)
-            module = SFTModule(init.path, optimizer=instantiate(cfg.sft.optimizer), scheduler=instantiate(cfg.sft.scheduler),
-                               model_kwargs=model_kwargs(cfg),
-                               gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)))
-            info.update(fit(module, dm, tok, out, cfg.sft, cfg.trainer, cfg.get("logger"), seed=int(cfg.seed),
-                            num_checkpoints=num_checkpoints, name=name, **({"grid": grid} if grid else {})))
-            info["train_examples"] = len(dm.train_examples)
-    return stage
+    def fill(out: Path, info: dict) -> None:  # every rank of a multi-process job takes part in trainer.fit
+        tok = load_tokenizer(init.path, trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
+        dm = PostTrainDataModule(instantiate(cfg.data.task), source, batch_size=int(cfg.sft.batch_size),
+                                 max_length=int(cfg.data.max_length), seed=int(cfg.seed),
+                                 train_limit=cfg.data.get("train_limit"), val_limit=cfg.data.get("val_limit"),
+                                 buffer=buffer, T=T).connect(tok)
+        module = SFTModule(init.path, optimizer=instantiate(cfg.sft.optimizer), scheduler=instantiate(cfg.sft.scheduler),
+                           model_kwargs=model_kwargs(cfg),
+                           gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)))
+        info.update(fit(module, dm, tok, out, cfg.sft, cfg.trainer, cfg.get("logger"), seed=int(cfg.seed),
+                        num_checkpoints=num_checkpoints, name=name, **({"grid": grid} if grid else {})))
+        info["train_examples"] = len(dm.train_examples)
+
+    return Stage(cfg.cache_dir, name, key).ensure(fill, seed=int(cfg.seed), ranks="all")
 
 
 def run_sft(cfg: DictConfig, base: ModelRef) -> Stage:

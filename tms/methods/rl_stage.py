@@ -10,6 +10,7 @@ resumable ``lightning/last.ckpt``; plus ``rewards.json``: the mean reward of eve
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
@@ -57,34 +58,29 @@ def run_rl(cfg: DictConfig, base: ModelRef) -> Stage:
 
     task = instantiate(cfg.data.task)
     config = validate_rl(cfg, len(task.examples("train", cfg.data.get("train_limit"))))
-    stage = Stage(cfg.cache_dir, "rl", rl_key(cfg, base))
-    if stage.done:
-        log.info("rl: reusing %s", stage.dir)
-        return stage
-    with stage.lock():
-        if stage.done:
-            return stage
-        with stage.build(seed=int(cfg.seed)) as (out, info):
-            rl = cfg.rl
-            tok = load_tokenizer(base.path, trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
-            dm = PostTrainDataModule(task, batch_size=int(rl.prompts_per_step), max_length=int(cfg.data.max_length),
-                                     seed=int(cfg.seed), train_limit=cfg.data.get("train_limit"),
-                                     val_limit=cfg.data.get("val_limit"), mode="prompts",
-                                     batch_repeats=config.num_iterations).connect(tok)
-            module = RLModule(base.path, optimizer=instantiate(cfg.sft.optimizer, lr=rl_learning_rate(cfg)),
-                              scheduler=instantiate(cfg.sft.scheduler), model_kwargs=model_kwargs(cfg),
-                              gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
-                              reward_fn=instantiate(rl.reward), rl=config, seed=int(cfg.seed))
-            info.update(fit(module, dm, tok, out, rl_train_config(cfg, config), cfg.trainer, cfg.get("logger"),
-                            seed=int(cfg.seed), num_checkpoints=int(rl.num_checkpoints), name="rl"))
-            info["train_examples"] = len(dm.train_examples)
-            history = module.reward_history
-            if not history and (out / "rewards.json").is_file():  # fit returned a finished run's info untrained
-                history = read_json(out / "rewards.json")["per_rollout"]
-            info["rewards"] = reward_summary(history)
-            if module._trainer is None or module.trainer.is_global_zero:
-                write_json(out / "rewards.json", {**info["rewards"], "per_rollout": history})
-            log.info("rl: mean reward %.3f over the first and %.3f over the last 20%% of %d rollouts",
-                     info["rewards"].get("first_mean", float("nan")), info["rewards"].get("last_mean", float("nan")),
-                     info["rewards"]["rollouts"])
-    return stage
+
+    def fill(out: Path, info: dict) -> None:  # every rank of a multi-process job takes part in trainer.fit
+        rl = cfg.rl
+        tok = load_tokenizer(base.path, trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
+        dm = PostTrainDataModule(task, batch_size=int(rl.prompts_per_step), max_length=int(cfg.data.max_length),
+                                 seed=int(cfg.seed), train_limit=cfg.data.get("train_limit"),
+                                 val_limit=cfg.data.get("val_limit"), mode="prompts",
+                                 batch_repeats=config.num_iterations).connect(tok)
+        module = RLModule(base.path, optimizer=instantiate(cfg.sft.optimizer, lr=rl_learning_rate(cfg)),
+                          scheduler=instantiate(cfg.sft.scheduler), model_kwargs=model_kwargs(cfg),
+                          gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
+                          reward_fn=instantiate(rl.reward), rl=config, seed=int(cfg.seed))
+        info.update(fit(module, dm, tok, out, rl_train_config(cfg, config), cfg.trainer, cfg.get("logger"),
+                        seed=int(cfg.seed), num_checkpoints=int(rl.num_checkpoints), name="rl"))
+        info["train_examples"] = len(dm.train_examples)
+        history = module.reward_history
+        if not history and (out / "rewards.json").is_file():  # fit returned a finished run's info untrained
+            history = read_json(out / "rewards.json")["per_rollout"]
+        info["rewards"] = reward_summary(history)
+        if module._trainer is None or module.trainer.is_global_zero:
+            write_json(out / "rewards.json", {**info["rewards"], "per_rollout": history})
+        log.info("rl: mean reward %.3f over the first and %.3f over the last 20%% of %d rollouts",
+                 info["rewards"].get("first_mean", float("nan")), info["rewards"].get("last_mean", float("nan")),
+                 info["rewards"]["rollouts"])
+
+    return Stage(cfg.cache_dir, "rl", rl_key(cfg, base)).ensure(fill, seed=int(cfg.seed), ranks="all")
