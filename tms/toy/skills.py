@@ -96,20 +96,20 @@ def chain_value(xs: list[int], ops: list[str]) -> list[int]:
     return vals
 
 
+def chain_steps(xs: list[int], ops: list[str]) -> list[tuple[int, str, int, int]]:
+    """The chain's steps ``(running value, op, operand, new value)``, in order."""
+    vals = chain_value(xs, ops)
+    return list(zip([xs[0], *vals[:-1]], ops, xs[1:], vals))
+
+
 def chain_teacher(xs: list[int], ops: list[str]) -> str:
-    vals, prev, steps = chain_value(xs, ops), xs[0], []
-    for op, x, v in zip(ops, xs[1:], vals):
-        steps.append(f"{prev}{op}{x}={v}")
-        prev = v
-    return " ".join(steps) + f" answer {vals[-1]}"
+    steps = chain_steps(xs, ops)
+    return " ".join(f"{prev}{op}{x}={v}" for prev, op, x, v in steps) + f" answer {steps[-1][3]}"
 
 
 def chain_native(xs: list[int], ops: list[str]) -> str:
-    vals, prev, steps = chain_value(xs, ops), xs[0], []
-    for op, x, v in zip(ops, xs[1:], vals):
-        steps.append(f"{'add' if op == '+' else 'sub'} {prev} {x} is {v}")
-        prev = v
-    return " ".join(steps) + f" so {vals[-1]}"
+    steps = chain_steps(xs, ops)
+    return " ".join(f"{'add' if op == '+' else 'sub'} {prev} {x} is {v}" for prev, op, x, v in steps) + f" so {steps[-1][3]}"
 
 
 def gen_chain(rng: np.random.Generator, style: str = "teacher") -> Sample:
