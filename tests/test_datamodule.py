@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from tests.helpers import assert_epoch_split_covers_every_example_once
 from tms.data.datamodule import EpochSampler, PostTrainDataModule
 from tms.data.sources import ReferenceSource
 from tms.losses import IGNORE_INDEX
@@ -10,11 +11,7 @@ from tms.toy.tasks import ToyTask
 
 @pytest.mark.parametrize("n,world", [(10, 1), (10, 2), (11, 2), (7, 3), (1, 4)])
 def test_every_example_once_per_epoch_across_ranks(n, world):
-    shards = [EpochSampler(n, seed=3, epoch=1, rank=r, world_size=world).indices() for r in range(world)]
-    assert len({len(s) for s in shards}) == 1  # same number of steps on every rank
-    seen = [i for s in shards for i in s]
-    assert set(seen) == set(range(n))
-    assert len(seen) - n == (-n) % world  # only the padding repeats
+    assert_epoch_split_covers_every_example_once(n, world)
 
 
 def test_order_is_seeded_and_changes_with_the_epoch():

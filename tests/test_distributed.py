@@ -93,15 +93,9 @@ def test_two_ranks_go_through_stages_together(tmp_path):
 def test_epoch_split_uses_every_example_once(n, world):
     """Across ranks an epoch covers every example; only when n is not a multiple of the world size are the first
     world - n mod world examples of the permutation repeated (to give every rank the same number of steps)."""
-    from collections import Counter
+    from tests.helpers import assert_epoch_split_covers_every_example_once
 
-    from tms.data.datamodule import EpochSampler
-
-    parts = [EpochSampler(n, seed=3, epoch=1, rank=r, world_size=world).indices() for r in range(world)]
-    assert len({len(p) for p in parts}) == 1
-    counts = Counter(i for p in parts for i in p)
-    assert set(counts) == set(range(n))
-    assert sum(c - 1 for c in counts.values()) == (-n) % world
+    assert_epoch_split_covers_every_example_once(n, world)
 
 
 def test_multi_process_trainer_needs_a_session(tmp_path):

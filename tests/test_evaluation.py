@@ -189,7 +189,7 @@ def test_evaluate_writes_results_with_every_key(eval_run, tmp_path):
 
 
 def test_wandb_offline_summary_holds_the_numbers(eval_run, tmp_path, monkeypatch):
-    from tms.evaluation.wandb_log import flatten_numbers, log_results
+    from tms.evaluation.wandb_log import log_results
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -198,12 +198,26 @@ def test_wandb_offline_summary_holds_the_numbers(eval_run, tmp_path, monkeypatch
     cfg = eval_cfg(cfg.cache_dir, "logger=wandb")
     res = read_json(run_dir / "results.json")
     summary = log_results(cfg, res, tmp_path, read_json(run_dir / "checkpoints.json"))
-    for key in ("target", "xfer", "forgetting", "sc_acc", "answer_entropy", "scores/add", "retention/sort",
-                "kl_to_base/retention/kl_seq", "kl_to_base/target/kl_token", "pass_at_k/4", "pld/pld",
-                "rows/base/target"):
-        assert key in summary, key
-    assert summary["kl_to_base/retention/kl_seq"] == res["kl_to_base"]["retention"]["kl_seq"]
-    assert summary == dict(flatten_numbers(res))
+    expected = {  # metric name -> where results.json holds it, written out by hand
+        "target": res["target"], "xfer": res["xfer"], "forgetting": res["forgetting"], "sc_acc": res["sc_acc"],
+        "answer_entropy": res["answer_entropy"], "seed": res["seed"], "scores/add": res["scores"]["add"],
+        "scores/sum": res["scores"]["sum"], "retention/sort": res["retention"]["sort"],
+        "kl_to_base/retention/kl_seq": res["kl_to_base"]["retention"]["kl_seq"],
+        "kl_to_base/target/kl_token": res["kl_to_base"]["target"]["kl_token"], "pass_at_k/1": res["pass_at_k"]["1"],
+        "pass_at_k/4": res["pass_at_k"]["4"], "pld/pld": res["pld"]["pld"],
+        "rows/base/target": res["rows"]["base"]["target"],
+        "rows/stepped/scores/chain": res["rows"]["stepped"]["scores"]["chain"],
+        "rows/base/kl_to_base/target/kl_seq": 0.0,
+    }
+    assert {k: summary.get(k) for k in expected} == expected
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in expected.values())
+    for name, value in summary.items():  # nothing else: every name is the path of a number of results.json
+        node = res
+        for part in name.split("/"):
+            node = node[part]
+        assert node == value and not isinstance(node, bool), name
+    assert not [k for k in summary if "samples" in k.split("/")]  # completions go to the table, not the summary
+    assert {"method", "model", "base_model", "suite/target", "rows/base/method"}.isdisjoint(summary)  # texts
     logs = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(logs) == 1
     for _ in range(100):  # wandb-core finishes writing the offline log shortly after run.finish() returns
@@ -213,6 +227,25 @@ def test_wandb_offline_summary_holds_the_numbers(eval_run, tmp_path, monkeypatch
         time.sleep(0.2)
     assert b"kl_to_base/retention/kl_seq" in blob and b"samples" in blob and b"curve/target" in blob
     assert log_results(compose(["experiment=smoke"], config_name="eval"), res, tmp_path) is None  # csv logger
+
+
+def test_wandb_summary_of_a_hand_written_result(tmp_path, monkeypatch):
+    """The summary written for a small results dict: nested numbers keyed by their path joined with "/"; strings,
+    booleans, None, non-finite numbers and ``samples`` (of the run and of each row) left out."""
+    from tms.evaluation.wandb_log import log_results
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sample = {"prompt": "sum 1 2 3", "completion": "answer 6", "score": 1.0}
+    res = {"method": "stepped", "target": 0.25, "seed": 3, "resumed": True, "model": None, "nan": float("nan"),
+           "inf": float("inf"), "scores": {"sum": 0.25, "add": 1}, "pass_at_k": {"1": 0.25, "4": 0.5},
+           "kl_to_base": {"target": {"kl_seq": 1.5, "kl_token": 0.125}}, "samples": {"sum": [sample], "shown": 1},
+           "rows": {"base": {"target": 0.0, "samples": {"sum": [sample]}, "method": "base"}}}
+    summary = log_results(eval_cfg(tmp_path / "cache", "logger=wandb"), res, tmp_path)
+    assert summary == {"target": 0.25, "seed": 3, "scores/sum": 0.25, "scores/add": 1, "pass_at_k/1": 0.25,
+                       "pass_at_k/4": 0.5, "kl_to_base/target/kl_seq": 1.5, "kl_to_base/target/kl_token": 0.125,
+                       "rows/base/target": 0.0}
 
 
 # -- reports ------------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tms.data.tasks.math_tasks import GSM8KTask, MATH500Task, MATHTask
+from tests.gsm8k_problems import GSM8K_GOLDS, GSM8K_PROBLEMS
+from tms.data.tasks.math_tasks import GSM8KTask, MATH500Task, MATHTask, gsm8k_gold
 
 GSM8K_ROWS = [
     {
@@ -224,3 +225,144 @@ def test_teacher_completions(tmp_path):
     teacher.write_text(json.dumps({"id": ids[0], "completion": "T"}) + "\n")
     with pytest.raises(ValueError, match=ids[1]):
         GSM8KTask(train_source=src, test_source=src, n_val=1, teacher_completions=str(teacher)).examples("train")
+
+
+# -- final answer of a math solution --------------------------------------------------------------
+# Rule (tms.rewards.final_math_answer): the last \boxed{...}, else the last `#### N` line, else the last
+# "answer is ...", else the last number. Fixtures: tests/gsm8k_problems.py, in GSM8K's own schema.
+@pytest.fixture(scope="module")
+def gsm8k_task(tmp_path_factory) -> GSM8KTask:
+    src = write(GSM8K_PROBLEMS, tmp_path_factory.mktemp("gsm8k") / "gsm8k.jsonl")
+    return GSM8KTask(train_source=src, test_source=src, n_val=1)
+
+
+@pytest.fixture(scope="module")
+def gsm8k_test(gsm8k_task) -> list:
+    return gsm8k_task.examples("test")
+
+
+def rationale(example) -> str:
+    """The dataset's rationale of ``example`` (calculator annotations kept), without its ``#### N`` line."""
+    row = GSM8K_PROBLEMS[int(example.id.rsplit("-", 1)[1])]
+    return row["answer"].rsplit("####", 1)[0].rstrip()
+
+
+def chatty(example) -> str:
+    """The rationale as a model writes it: "To answer this:" in front of the first calculation."""
+    return "To answer this: " + rationale(example)
+
+
+def plus_one(gold: str) -> str:
+    return str(int(gold) + 1)
+
+
+def test_gsm8k_gold_is_the_last_hash_line(gsm8k_test):
+    assert [e.answer for e in gsm8k_test] == GSM8K_GOLDS
+    assert gsm8k_gold("She has 3 #### 4 apples.\n#### 1,250") == "1250"
+    assert gsm8k_gold("Total 5+4 = <<5+4=9>>9\n#### 9\n") == "9"
+    assert gsm8k_gold("Total 5+4 = <<5+4=9>>9\n#### 9\nNote: the pens were free.") == "9"  # the line only
+
+
+def test_gsm8k_row_with_empty_hash_line_is_skipped(tmp_path, caplog):
+    rows = GSM8K_PROBLEMS[:2] + [{"question": "q", "answer": "3+4 = <<3+4=7>>7\n#### \n7"}]
+    test = GSM8KTask(train_source=write(rows, tmp_path / "g.jsonl"), test_source=write(rows, tmp_path / "g.jsonl"),
+                     n_val=1).examples("test")
+    assert [e.answer for e in test] == GSM8K_GOLDS[:2]
+    assert "row 2 has no gold answer" in caplog.text
+
+
+def test_solution_ending_with_gold_hash_line_is_correct(gsm8k_task, gsm8k_test):
+    for e in gsm8k_test:
+        row = GSM8K_PROBLEMS[int(e.id.rsplit("-", 1)[1])]
+        for solution in (row["answer"], f"{rationale(e)}\n#### {e.answer}", f"{chatty(e)}\n#### {e.answer}"):
+            assert gsm8k_task.verify(solution, e.answer) == 1.0, solution
+            assert gsm8k_task.extract_answer(solution) == gsm8k_task.extract_answer(f"\\boxed{{{e.answer}}}")
+
+
+def test_solution_ending_with_wrong_hash_line_is_wrong(gsm8k_task, gsm8k_test):
+    for e in gsm8k_test:
+        wrong = plus_one(e.answer)
+        for solution in (f"{rationale(e)}\n#### {wrong}", f"{chatty(e)}\n#### {wrong}"):
+            assert gsm8k_task.verify(solution, e.answer) == 0.0, solution
+            assert gsm8k_task.verify(solution, wrong) == 1.0, solution
+    # an earlier "= 10%" equal to the gold 10 does not rescue a wrong final line
+    for solution in (
+        "To answer this, the share absent is 3/30*100 = <<3/30*100=10>>10%.\n#### 11",
+        "That answers it: 4/40*100 = 10%, so the price went down by 10%.\n#### 11",
+        "The answer: 4/40*100 = <<4/40*100=10>>10%.\nThen 10+1 = <<10+1=11>>11.\n#### 11",
+    ):
+        assert gsm8k_task.verify(solution, "10") == 0.0, solution
+        assert gsm8k_task.verify(solution, "11") == 1.0, solution
+
+
+def test_hash_line_beats_answer_is_either_way(gsm8k_task, gsm8k_test):
+    for e in gsm8k_test:
+        gold, wrong = e.answer, plus_one(e.answer)
+        assert gsm8k_task.verify(f"The answer is {gold}.\n{rationale(e)}\n#### {wrong}", gold) == 0.0
+        assert gsm8k_task.verify(f"The answer is {wrong}.\n{rationale(e)}\n#### {gold}", gold) == 1.0
+        assert gsm8k_task.verify(f"{rationale(e)}\n#### {wrong}\nSo the answer is {gold}.", gold) == 0.0
+        assert gsm8k_task.verify(f"{rationale(e)}\n#### {gold}\nSo the answer is {wrong}.", gold) == 1.0
+
+
+def test_last_boxed_wins_over_earlier_boxed_and_hash_line(gsm8k_task, gsm8k_test):
+    for e in gsm8k_test:
+        gold, wrong = e.answer, plus_one(e.answer)
+        body = rationale(e)
+        assert gsm8k_task.verify(f"{body} First guess \\boxed{{{wrong}}}; checking, \\boxed{{{gold}}}.", gold) == 1.0
+        assert gsm8k_task.verify(f"{body} First guess \\boxed{{{gold}}}; checking, \\boxed{{{wrong}}}.", gold) == 0.0
+        assert gsm8k_task.verify(f"{body}\n#### {wrong}\nThe answer is \\boxed{{{gold}}}.", gold) == 1.0
+        assert gsm8k_task.verify(f"{body}\nThe answer is \\boxed{{{wrong}}}.\n#### {gold}", gold) == 0.0
+    assert gsm8k_task.extract_answer("\\boxed{5} or rather \\boxed{6}") == "6"
+
+
+def test_percent_thousands_and_units_equal_the_integer_gold(gsm8k_task):
+    verify = gsm8k_task.verify
+    for solution in ("so \\boxed{10\\%}", "so $\\boxed{10 \\%}$.", "\\boxed{10%}", "#### 10%", "The answer is 10%.",
+                     "To answer this: it drops by 4/40*100 = 10%"):
+        assert verify(solution, "10") == 1.0, solution
+    for solution in ("\\boxed{11\\%}", "\\boxed{100\\%}", "\\boxed{0.1}", "#### 10.5%", "The answer is 9%."):
+        assert verify(solution, "10") == 0.0, solution
+    for solution in ("To answer this: 617*2 = 1,234 chairs.\n#### 1,234", "\\boxed{1,234}", "#### $1,234.00",
+                     "The answer is 1,234 chairs.", "To answer this, I count 1,234"):
+        assert verify(solution, "1234") == 1.0, solution
+    for solution in ("\\boxed{\\$92.00}", "\\boxed{\\$92}", "#### $92", "#### 92 dollars", "The answer is $92.",
+                     "The final answer is $\\$92$."):
+        assert verify(solution, "92") == 1.0, solution
+    for solution in ("\\boxed{1,235}", "#### 1,235", "\\boxed{92.5}", "#### 92.50", "The answer is $93."):
+        assert verify(solution, "1234" if "1,23" in solution else "92") == 0.0, solution
+
+
+def test_last_answer_is_wins_over_earlier_numbers(gsm8k_task, gsm8k_test):
+    verify = gsm8k_task.verify
+    for e in gsm8k_test:
+        gold, wrong = e.answer, plus_one(e.answer)
+        assert verify(f"{chatty(e)}\nThe final answer is {wrong}.\nChecking again, the answer is {gold}.", gold) == 1.0
+        assert verify(f"{chatty(e)}\nThe final answer is {gold}.\nChecking again, the answer is {wrong}.", gold) == 0.0
+        assert verify(f"{rationale(e)}\nThe final answer is ${gold}$. I hope it is correct.", gold) == 1.0
+    assert verify("The answer is 42, since 6*7 = 42 and 42 - 2 = 40.", "42") == 1.0
+    assert verify("The answer is: 14 dollars, 2 more than the 12 for notebooks.", "14") == 1.0
+    assert verify("Adding up, the final answer is:\n\n$$14$$\n", "14") == 1.0
+
+
+def test_last_number_is_the_fallback(gsm8k_task):
+    verify = gsm8k_task.verify
+    assert verify("To answer this, 3/30 = 10%. Then 10+1 = 11 pupils stay home.", "11") == 1.0
+    assert verify("To answer this, 3/30 = 10%. Then 10+1 = 11 pupils stay home.", "10") == 0.0
+    assert verify("Lena has 5*7 = 35 stickers, so together 35+7 = 42", "42") == 1.0
+    assert verify("Lena has 5*7 = 35 stickers, so together 35+7 = 42", "35") == 0.0
+    assert verify("It was 4-9 = -5", "-5") == 1.0
+    assert verify("I cannot tell.", "5") == 0.0
+    assert gsm8k_task.extract_answer("I cannot tell.") is None
+    assert gsm8k_task.extract_answer("To answer this, 3/30 = 10%. So 11 stay home.") == "11"
+
+
+def test_nested_braces_inside_boxed():
+    task = MATHTask()
+    first, last = "\\frac{1}{2}", "\\frac{\\sqrt{3}}{2}"
+    text = f"At first $\\boxed{{{first}}}$, but the angle is $60^{{\\circ}}$, so $\\boxed{{{last}}}$."
+    assert task.verify(text, last) == 1.0
+    assert task.verify(text, first) == 0.0
+    assert task.extract_answer(text) == task.extract_answer(f"$\\boxed{{{last}}}$")
+    assert task.verify("\\boxed{2} and then \\boxed{2^{10}} = 1024 {in all}", "1024") == 1.0
+    assert task.verify("\\boxed{1} and then \\boxed{\\dfrac{2^{3}}{4}}", "2") == 1.0
+    assert task.verify("\\boxed{3} and then \\boxed{\\{1, 2\\}}", "\\{1,2\\}") == 1.0

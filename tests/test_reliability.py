@@ -1,15 +1,14 @@
 """Reliability: exact resume after a crash, atomic stages, input validation, the non-finite guard,
 safe defaults (weights_only, trust_remote_code, no credentials written) and determinism.
 
-The SIGKILL test of the whole pipeline and the full-pipeline determinism test are ``slow``; the
-default suite checks the same mechanisms on Stage 1 alone.
+The SIGKILL test of the whole pipeline is ``slow``; the default suite checks exact resume on Stage 1 alone
+and determinism on the whole pipeline. The config checks are in test_validation.py.
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO, compose
+from tests.helpers import invalid
 from tms.cache import Stage
 from tms.methods.sft import SFTModule
 from tms.validation import ConfigError
@@ -212,47 +212,7 @@ def test_a_read_only_cache_is_an_error(tmp_path):
         os.chmod(tmp_path / "demo", 0o755)
 
 
-# -- validation of inputs ------------------------------------------------------------------
-def listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
-
-
-def invalid(tmp_path: Path, overrides, match: str, cache: Path | None = None, base=("experiment=smoke",)) -> str:
-    """Run the pipeline with ``overrides``; it must fail before writing anything; returns the message."""
-    from tms.pipeline import run
-
-    cache = cache or tmp_path / "cache"
-    before = listing(cache)
-    cfg = compose([*base, f"cache_dir={cache}", *overrides])
-    with pytest.raises((ConfigError, ValueError, FileNotFoundError)) as err:
-        run(cfg, tmp_path / "run")
-    assert re.search(match, str(err.value)), str(err.value)
-    assert listing(cache) == before, "an invalid run must write nothing"
-    assert not (tmp_path / "run").exists()
-    return str(err.value)
-
-
-@pytest.mark.parametrize("overrides,match", [
-    (["sft.batch_size=200"], r"^sft.batch_size: 200 per device .* 96 training examples"),
-    (["sft.effective_batch_size=500"], r"^sft.effective_batch_size: 500 is larger than the 96"),
-    (["data.train_limit=0"], r"^data.train_limit"),
-    (["sft.epochs=1.5"], r"^sft.epochs: must be an integer"),
-    (["student.num_checkpoints=50"], r"^student.num_checkpoints: 50 is larger than"),
-    (["trainer.checkpoint_every_n_steps=0"], r"^trainer.checkpoint_every_n_steps"),
-    (["data.max_length=256"], r"^data.max_length: 256 is longer than the model's context of 128"),
-    (["+logger.api_key=abcdef123456"], r"^logger.api_key: looks like a credential"),
-])
-def test_invalid_inputs_fail_before_compute_naming_the_key(overrides, match, tmp_path):
-    invalid(tmp_path, overrides, match)
-
-
-def test_prompt_plus_new_tokens_longer_than_the_context(smoke_cache, tmp_path):
-    """Needs θ0's tokenizer: the toy θ0 of the session cache (the check is skipped before it exists)."""
-    invalid(tmp_path, ["harvest.max_new_tokens=120"],
-            r"^harvest.max_new_tokens: the prompt of train example 'sum-train-\d+' .* has 12 tokens; with 120 new "
-            r"tokens it exceeds the model's context of 128", cache=smoke_cache)
-
-
+# -- validation of input files (the config checks are in test_validation.py) -------------------
 def gsm8k_rows(n: int = 20) -> list[dict]:
     return [{"question": f"{i}+1?", "answer": f"{i} plus 1.\n#### {i + 1}"} for i in range(n)]
 
@@ -296,25 +256,78 @@ def test_a_prompt_longer_than_a_local_models_context(smoke_base, tmp_path):
 
 
 # -- safe defaults -----------------------------------------------------------------------------
-def test_every_torch_load_is_weights_only():
-    calls = [(p, line) for p in (REPO / "tms").rglob("*.py") for line in p.read_text().splitlines()
-             if "torch.load(" in line]
-    assert all("weights_only=True" in line for _, line in calls), calls
+class Payload:
+    """Unpickling this runs ``os.mkdir(path)``: the stand-in for code planted in a tampered checkpoint."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
 
 
-def test_trust_remote_code_is_off_unless_set():
-    import inspect
+def test_a_tampered_resume_checkpoint_is_refused_without_running_its_code(smoke_base, tmp_path):
+    """The only pickle tms reads is the resume checkpoint (``lightning/last.ckpt``): it is loaded weights-only, so a
+    checkpoint carrying code is refused and the code never runs."""
+    import pickle
 
+    ran = tmp_path / "payload-ran"
+    (tmp_path / "lightning").mkdir()
+    checkpoint = {"epoch": 0, "global_step": 1, "state_dict": {}, "payload": Payload(ran)}
+    torch.save(checkpoint, tmp_path / "lightning" / "last.ckpt")
+    with pytest.raises(Exception) as err:
+        train_sft(smoke_base, tmp_path, epochs=1, acc=1)
+    assert not ran.exists(), "unpickling the resume checkpoint ran its code"
+    assert isinstance(err.value, pickle.UnpicklingError) and "Weights only load failed" in str(err.value), err.value
+
+
+def remote_code_model(base: str, dest: Path, marker: Path) -> Path:
+    """A copy of θ0 whose config and tokenizer config point (``auto_map``) at Python files that create ``marker``."""
+    shutil.copytree(base, dest)
+    plant = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+    (dest / "evil_config.py").write_text(plant + "from transformers import Qwen2Config\n\n\n"
+                                         "class EvilConfig(Qwen2Config):\n    pass\n")
+    (dest / "evil_model.py").write_text(plant + "from transformers import Qwen2ForCausalLM\n\n"
+                                        "from .evil_config import EvilConfig\n\n\n"
+                                        "class EvilModel(Qwen2ForCausalLM):\n    config_class = EvilConfig\n")
+    (dest / "evil_tokenizer.py").write_text(plant + "from transformers import Qwen2Tokenizer\n\n\n"
+                                            "class EvilTokenizer(Qwen2Tokenizer):\n    pass\n")
+    for name, auto_map in [("config.json", {"AutoConfig": "evil_config.EvilConfig",
+                                            "AutoModelForCausalLM": "evil_model.EvilModel"}),
+                           ("tokenizer_config.json", {"AutoTokenizer": [None, "evil_tokenizer.EvilTokenizer"]})]:
+        data = json.loads((dest / name).read_text())
+        (dest / name).write_text(json.dumps({**data, "auto_map": auto_map}))
+    return dest
+
+
+def test_remote_code_in_a_model_directory_runs_only_when_asked(smoke_base, tmp_path, monkeypatch):
+    """A model directory that ships code (``auto_map``): every loader, and the generator built from each packaged
+    model config, use the library's own Qwen2 classes and never import that code; asking for it runs it."""
+    import sys
+
+    import transformers.dynamic_module_utils as dynamic
+
+    from tms.generation.factory import make_generator
     from tms.generation.hf import HFGenerator
     from tms.models import load_model, load_tokenizer
     from tms.pipeline import model_kwargs
 
-    for fn in (load_model, load_tokenizer, HFGenerator.from_pretrained):
-        assert inspect.signature(fn).parameters["trust_remote_code"].default is False, fn
-    for f in (REPO / "conf" / "model").glob("*.yaml"):
-        text = f.read_text()
-        assert "trust_remote_code: true" not in text.lower(), f
-    assert model_kwargs(compose([]))["trust_remote_code"] is False
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # where transformers copies the code
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    ran = tmp_path / "remote-code-ran"
+    path = str(remote_code_model(smoke_base, tmp_path / "remote", ran))
+    assert type(load_model(path, dtype="float32")).__name__ == "Qwen2ForCausalLM"
+    assert type(load_tokenizer(path)).__name__ == "Qwen2Tokenizer"
+    HFGenerator.from_pretrained(path, device="cpu", dtype="float32")
+    for f in sorted((REPO / "conf" / "model").glob("*.yaml")):
+        cfg = compose([f"model={f.stem}"])
+        assert model_kwargs(cfg)["trust_remote_code"] is False, f.name
+        make_generator("hf", path, cfg.harvest, cfg.model, seed=0)
+    assert not ran.exists(), "remote code ran without trust_remote_code"
+    # the planted code is live: with the flag on, tms's loaders import and run it
+    assert type(load_tokenizer(path, trust_remote_code=True)).__name__ == "EvilTokenizer" and ran.exists()
+    ran.unlink()
+    assert type(load_model(path, dtype="float32", trust_remote_code=True)).__name__ == "EvilModel" and ran.exists()
 
 
 SENTINEL = "sk-test-secret-0123456789"
@@ -366,22 +379,6 @@ def seeded_cache(smoke_cache: Path, dest: Path) -> Path:
     """A fresh cache holding only the session's toy θ0 (so the test does not rebuild it)."""
     shutil.copytree(smoke_cache / "base", dest / "base", ignore=shutil.ignore_patterns("*.lock"))
     return dest
-
-
-def test_stage1_is_deterministic_given_the_seed(smoke_cache, tmp_path):
-    from tms.pipeline import resolve_base, run_sft
-
-    def sft(name: str, seed: int) -> Path:
-        cfg = compose(["experiment=smoke", f"cache_dir={seeded_cache(smoke_cache, tmp_path / name)}", f"seed={seed}"])
-        return run_sft(cfg, resolve_base(cfg)).dir
-
-    a, b, c = sft("a", 0), sft("b", 0), sft("c", 1)
-    assert loss_column(a) == loss_column(b) and len(loss_column(a)) == 6
-    assert loss_column(a) != loss_column(c)
-    for t in (1, 2, 3):
-        assert_same_weights(a / "checkpoints" / f"t={t:02d}", b / "checkpoints" / f"t={t:02d}")
-    wa, wc = weights(a / "checkpoints" / "t=03"), weights(c / "checkpoints" / "t=03")
-    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
 
 
 # -- the whole pipeline: SIGKILL at several points, determinism (slow) -------------------------
@@ -481,7 +478,11 @@ def test_whole_pipeline_is_deterministic_given_the_seed(smoke_cache, tmp_path):
 
     a, b, c = pipeline("a", 0), pipeline("b", 0), pipeline("c", 1)
     assert_same_outputs(a, b)
-    for stage in ("sft", "student"):
-        assert loss_column(Path(a["pipe"]["stages"][stage])) == loss_column(Path(b["pipe"]["stages"][stage]))
+    losses = {run: {stage: loss_column(Path(out["pipe"]["stages"][stage])) for stage in ("sft", "student")}
+              for run, out in (("a", a), ("b", b), ("c", c))}
+    assert losses["a"] == losses["b"]
+    assert len(losses["a"]["sft"]) == 2 * 96 // 16 and losses["a"]["student"]  # 2 epochs of 6 steps; logged
+    assert losses["a"]["sft"] != losses["c"]["sft"] and losses["a"]["student"] != losses["c"]["student"]
     assert a["rows"] != c["rows"] and a["mixture_counts"] != c["mixture_counts"]
     assert any(not torch.equal(a["student"][k], c["student"][k]) for k in a["student"])
+    assert any(not torch.equal(a["sft"][-1][k], c["sft"][-1][k]) for k in a["sft"][-1])

@@ -4,11 +4,16 @@ import threading
 import pytest
 
 from tms.rewards import (
+    FinalAnswer,
     canonical_math_answer,
     countdown_verify,
     exact_match_score,
     extract_final_answer,
+    final_math_answer,
+    last_answer_is,
     last_boxed,
+    last_hash_answer,
+    last_number,
     math_verify_score,
 )
 
@@ -176,6 +181,82 @@ def test_canonical_math_answer_groups_equivalent_forms():
     assert {canonical_math_answer(f) for f in forms} == {"1/2"}
     assert canonical_math_answer("\\boxed{0.25}") == "1/4"
     assert canonical_math_answer("no answer here") is None
+
+
+# -- final answer of a math solution --------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # 1. the last balanced \boxed{}, wherever the other rules match
+        ("\\boxed{5} then \\boxed{6}", ("6", "boxed")),
+        ("#### 15\nThe answer is 16.\nSo \\boxed{14}, 17", ("14", "boxed")),
+        ("\\boxed{\\frac{\\sqrt{3}}{2}} and \\boxed{2^{10}} = 1024", ("2^{10}", "boxed")),
+        ("\\boxed{7} and then \\boxed{\\frac{1}{2}", ("7", "boxed")),  # the unclosed last box does not count
+        ("Put the answer in \\boxed{}. It is 12", ("12", "last number")),  # nor does an empty one
+        # 2. the last `#### N` line
+        ("The answer is 12.\n#### 13\nThat is 14 in all.", ("13", "####")),
+        ("#### 12\nwait\n#### 1,250", ("1,250", "####")),
+        ("#### $1,234.00", ("$1,234.00", "####")),
+        ("#### 18 dollars.", ("18 dollars.", "####")),
+        ("#### 10%", ("10%", "####")),
+        # 3. the last "answer is ..." / "answer: ..."
+        ("The final answer is 12.\nNo: the answer is 13, not 14.", ("13", "answer is")),
+        ("The final answer is $42$. I hope it is correct.", ("$42$", "answer is")),
+        ("Answer: 42 apples", ("42 apples", "answer is")),
+        ("So the answer is:\n\n$$\n14\n$$\nDone 15.", ("$$\n14\n$$", "answer is")),
+        ("The answer is $\\frac{1}{2}, \\frac{3}{4}$. Check: 5", ("$\\frac{1}{2}, \\frac{3}{4}$", "answer is")),
+        ("The answer is $18, which is 3 more than $15.", ("$18", "answer is")),
+        # 4. the last number (or the LaTeX math it is in)
+        ("To answer this, 3/30 = 10%. So 11 stay home.", ("11", "last number")),
+        ("The answer is not clear yet. 5 + 2 = 7", ("7", "last number")),
+        ("It was 4-9 = -5", ("-5", "last number")),
+        ("A total of 1,234 chairs", ("1,234", "last number")),
+        ("So $x = \\frac{3}{4}$.", ("$x = \\frac{3}{4}$", "last number")),
+        ("The roots are $x = 2$ and $x = 3$.", ("$x = 2$ and $x = 3$", "last number")),
+        ("He pays $5 and gets $7 back", ("7", "last number")),  # prices are not LaTeX math
+    ],
+)
+def test_final_math_answer_rules(text, expected):
+    assert final_math_answer(text) == FinalAnswer(*expected)
+
+
+def test_final_math_answer_none():
+    assert final_math_answer("I cannot solve this.") is None
+    assert final_math_answer(None) is None  # type: ignore[arg-type]
+
+
+def test_hash_line_must_hold_a_number():
+    assert last_hash_answer("#### 1. Setup\n#### Step 2\nThe answer is 42.") is None
+    assert last_hash_answer("#### 41\n#### 2. Check the total") == "41"
+    assert last_hash_answer("###### 5") is None
+    assert final_math_answer("#### 1. Setup\nThe answer is 42.") == FinalAnswer("42", "answer is")
+
+
+def test_answer_is_and_last_number_helpers():
+    assert last_answer_is("The answer is 12, since 3 * 4 = 12 and not 13.") == "12"
+    assert last_answer_is("The answer is **14**.") == "14"
+    assert last_answer_is("The answer is that she needs more.") is None
+    assert last_number("Use 2.5 miles for 6 days") == "6"
+    assert last_number("no digits") is None
+
+
+def test_math_verify_score_uses_the_final_answer_rule():
+    assert math_verify_score("\\boxed{5} then \\boxed{6}", "6") == 1.0
+    assert math_verify_score("\\boxed{5} then \\boxed{6}", "5") == 0.0
+    assert math_verify_score("To answer this, 3/30 = 10%.\n#### 11", "11") == 1.0
+    assert math_verify_score("To answer this, 3/30 = 10%.\n#### 11", "10") == 0.0
+    assert math_verify_score("The final answer is 12.\nSo the answer is 13.", "13") == 1.0
+    assert math_verify_score("The roots are $x = 2$ and $x = 3$.", "2, 3") == 1.0
+    for completion in ("\\boxed{10\\%}", "#### 10%", "#### 10.0%", "The answer is 10 \\%.", "so 10%"):
+        assert math_verify_score(completion, "10") == 1.0, completion
+    for completion in ("\\boxed{10.5\\%}", "#### 100%", "\\boxed{0.1}"):
+        assert math_verify_score(completion, "10") == 0.0, completion
+
+
+def test_canonical_math_answer_uses_the_final_answer_rule():
+    forms = ["\\boxed{11}", "To answer this, 3/30 = 10%.\n#### 11", "The answer is 11.", "So 10 + 1 = 11"]
+    assert {canonical_math_answer(f) for f in forms} == {"11"}
+    assert canonical_math_answer("\\boxed{5} or rather \\boxed{6}") == "6"
 
 
 # -- exact match ----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The RL baselines: rewards, the EMA baseline state, one-step updates, micro-batching, in-process runs."""
 import csv
 import functools
+import math
 from pathlib import Path
 
 import lightning as L
@@ -149,7 +150,7 @@ def _roundtrip(obj):
 # ---------------------------------------------------------------- one optimisation step
 
 
-def fit_steps(module, base, steps, prompts_per_step=4):
+def fit_steps(module, base, steps, prompts_per_step=4, callbacks=()):
     from tms.data.datamodule import PostTrainDataModule
     from tms.models import load_tokenizer
 
@@ -158,7 +159,7 @@ def fit_steps(module, base, steps, prompts_per_step=4):
     dm.connect(load_tokenizer(base))
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                        limit_val_batches=0, num_sanity_val_steps=0)
+                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=list(callbacks))
     trainer.fit(module, datamodule=dm)
     return trainer
 
@@ -193,6 +194,64 @@ def test_micro_batching_does_not_change_the_update(smoke_base, aggregation):
         updates.append({n: p.detach().clone() for n, p in module.model.named_parameters()})
     for name, p in updates[0].items():
         torch.testing.assert_close(updates[1][name], p, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@torch.no_grad()
+def slow_k3(policy, reference, batch):
+    """Token mean over every completion token of the batch of k3 = e^(log π0 - log π) - (log π0 - log π) - 1,
+    with both log-probabilities from a separate unpadded forward pass per sequence (temperature 1)."""
+    total, count = 0.0, 0
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        n = int(mask.sum())
+        ids, labels = ids[:n], labels[:n]
+        lp_pi = policy(input_ids=ids[None]).logits[0].double().log_softmax(-1)
+        lp_0 = reference(input_ids=ids[None]).logits[0].double().log_softmax(-1)
+        for t in range(1, n):
+            if labels[t] == -100:
+                continue
+            assert labels[t] == ids[t]
+            d = float(lp_0[t - 1, ids[t]] - lp_pi[t - 1, ids[t]])
+            total += math.exp(d) - d - 1
+            count += 1
+    assert count > 0
+    return total / count
+
+
+def test_logged_kl_matches_a_slow_reference_after_the_policy_moved(smoke_base, monkeypatch):
+    """REINFORCE with β > 0 for 3 steps: the k3 KL to θ0 that each step logs (and returns), against the slow
+    reference on that step's rollout with the weights the step started from. Step 1 starts at θ0 (KL 0); after
+    the first update the policy has moved and the KL is positive."""
+    from tms.models import load_model
+
+    starts, batches, returned, logged = [], [], [], []
+    policy_step = RLModule.policy_step
+
+    def recording(self, ro):
+        starts.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        batches.append({k: v.detach().clone() for k, v in ro.batch.items()})
+        stats = policy_step(self, ro)
+        returned.append(float(stats["kl"]))
+        return stats
+
+    class Logged(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            logged.append(float(trainer.callback_metrics["train/kl"]))
+
+    monkeypatch.setattr(RLModule, "policy_step", recording)
+    module = _module(smoke_base, baseline="ema", beta=0.04, micro_batch_size=5)
+    fit_steps(module, smoke_base, steps=3, callbacks=[Logged()])
+    assert len(starts) == len(logged) == 3
+    reference = load_model(smoke_base, dtype="float32").eval()
+    policy = load_model(smoke_base, dtype="float32").eval()
+    want = []
+    for start, batch in zip(starts, batches):
+        policy.load_state_dict(start)
+        want.append(slow_k3(policy, reference, batch))
+    assert returned == pytest.approx(logged, rel=1e-6)
+    assert logged == pytest.approx(want, rel=1e-5, abs=1e-7)
+    assert want[0] == pytest.approx(0.0, abs=1e-7)  # the first step starts from θ0
+    assert all(torch.equal(v, starts[0][k]) for k, v in reference.state_dict().items() if k in starts[0])
+    assert want[1] > 1e-4 and want[2] > 1e-4 and logged[1] > 1e-4 and logged[2] > 1e-4  # the policy has moved
 
 
 # ---------------------------------------------------------------- the real configs, in-process
@@ -233,8 +292,10 @@ def test_rl_method_runs_in_process_and_saves_a_model(smoke_cache, tmp_path, meth
     for key in ("train/reward_std", "train/frac_reward_zero_std", "train/completion_length", "train/clip_fraction",
                 "train/entropy", "train/loss"):
         assert rows[0].get(key) not in (None, ""), key
-    if method == "grpo":
-        assert rows[0]["train/kl"] not in (None, "") and float(rows[0]["train/kl"]) == pytest.approx(0.0, abs=1e-6)
+    if method == "grpo":  # logged through the real config; step 1 starts at θ0, so the reference is θ0 itself
+        # (its value once the policy has moved: test_logged_kl_matches_a_slow_reference_after_the_policy_moved)
+        assert all(r["train/kl"] not in (None, "") for r in rows)
+        assert float(rows[0]["train/kl"]) == pytest.approx(0.0, abs=1e-6)
     else:
         assert float(rows[-1]["train/baseline"]) > 0  # format reward: most samples contain an integer
 

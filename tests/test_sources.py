@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 
 from tms.buffer import SCHEMA, TrajectoryBuffer
@@ -119,13 +120,28 @@ def test_correct_only_keeps_verified_samples_and_falls_back_to_the_reference():
             assert label == "t=3" and text == f"t3-x{i}-k0"
 
 
-def test_unharvested_examples_train_on_the_reference():
+def test_unharvested_examples_train_on_the_reference_only_with_a_prompt_subset():
     examples, buffer = make_buffer(10, [1, 2])
     more = examples + [Example(id="extra", prompt="q", reference="refextra", answer="0")]
     src = TrajectoryMixtureSource(alpha=0.0)
-    src.bind(more, buffer, 2)
+    src.bind(more, TrajectoryBuffer(buffer.table, prompt_subset=10), 2)  # harvest.prompt_subset=10
     texts, labels = src.draw(0, seed=0)
     assert labels[-1] == "reference_unharvested" and texts[-1] == "refextra"
+    assert labels.count("reference_unharvested") == 1
+
+
+def test_a_buffer_missing_rows_is_refused_without_a_prompt_subset():
+    """A lost shard must not turn harvested targets into references: the error names t and the count."""
+    examples, buffer = make_buffer(10, [1, 2])
+    table = buffer.table.filter(pa.compute.invert(pa.compute.and_(
+        pa.compute.equal(buffer.table.column("t"), 2),
+        pa.compute.is_in(buffer.table.column("example_id"), pa.array(["x0003", "x0004", "x0005"])))))
+    src = TrajectoryMixtureSource(alpha=0.25)
+    with pytest.raises(ValueError, match=r"checkpoint t=2 has no harvested sample for 3 of the 10 training examples"):
+        src.bind(examples, TrajectoryBuffer(table), 2)
+    more = examples + [Example(id="extra", prompt="q", reference="refextra", answer="0")]
+    with pytest.raises(ValueError, match=r"t=1 has no harvested sample for 1 of the 11 .*harvest.prompt_subset"):
+        src.bind(more, buffer, 2)
 
 
 @pytest.mark.parametrize("kwargs,T,match", [

@@ -1,6 +1,7 @@
 """The toy world: tokenizer and model build, save/load round trip, the hub-id code path, tasks."""
 import torch
 
+from tests.conftest import compose
 from tms.models import check_model_source, load_model, load_tokenizer
 from tms.toy.tasks import ToyTask
 
@@ -66,10 +67,54 @@ def test_missing_local_model_is_a_clear_error(tmp_path):
         check_model_source(str(tmp_path / "empty"))
 
 
-def test_base_stage_records_its_build(smoke_cache):
+def qwen2_parameters(arch, vocab: int) -> int:
+    """Weights of a Qwen2 decoder with tied embeddings, counted by hand: embeddings, then per layer the q/k/v
+    projections (with biases), o (no bias), the gated MLP and two RMSNorms, then the final norm."""
+    h, inter, layers = arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"]
+    kv = arch["num_key_value_heads"] * (h // arch["num_attention_heads"])
+    per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * inter + 2 * h
+    return vocab * h + layers * per_layer + h
+
+
+def test_base_stage_records_its_build(smoke_cache, smoke_base):
+    import math
+
+    from omegaconf import OmegaConf
+
     from tms.io import read_json
 
+    build = OmegaConf.to_container(compose(["experiment=smoke"]).model.build, resolve=True)
     manifests = list((smoke_cache / "base").glob("*/manifest.json"))
     assert len(manifests) == 1
-    info = read_json(manifests[0])["info"]
-    assert info["parameters"] > 0 and info["pretrain"]["global_steps"] > 0
+    manifest = read_json(manifests[0])
+    assert manifest["status"] == "complete" and manifest["key"]["build"] == build
+    info = manifest["info"]
+    # the model: the architecture of the build config, with the tokenizer's vocabulary
+    vocab = len(load_tokenizer(smoke_base))
+    assert 0 < vocab <= build["vocab_size"]
+    model = load_model(smoke_base, dtype="float32")
+    for key, value in build["architecture"].items():
+        assert getattr(model.config, key) == value, key
+    assert model.config.vocab_size == vocab
+    n_params = qwen2_parameters(build["architecture"], vocab)
+    assert info["parameters"] == n_params == sum(p.numel() for p in model.parameters())
+    # the pretraining: every skill example (x its repeats) and the native target examples, epochs x batches steps
+    n_examples = sum(n * build["repeat"].get(s, 1) for s, n in build["skills"].items()) + sum(build["native"].values())
+    pre = build["pretrain"]
+    accumulate = math.ceil(pre["effective_batch_size"] / pre["batch_size"])
+    steps = pre["epochs"] * math.ceil(math.ceil(n_examples / pre["batch_size"]) / accumulate)
+    assert info["train_examples"] == n_examples == 4 * 200 + 2 * 200 + 40
+    assert info["pretrain"]["dropped_examples"] == {}  # the formula above assumes that no example was dropped
+    assert info["pretrain"]["accumulate_grad_batches"] == accumulate
+    assert info["pretrain"]["global_steps"] == steps == 39 and not info["pretrain"]["resumed"]
+    trajectory = info["pretrain"]["trajectory"]
+    assert trajectory["total_steps"] == steps and trajectory["T"] == 1
+    assert trajectory["checkpoints"]["1"]["step"] == steps
+    counts = read_json(manifests[0].parent / "pretrain" / "mixture_counts.json")
+    assert counts == {str(e): {"reference": n_examples} for e in range(pre["epochs"])}
+    # the skills the world promises: every pretraining skill and native target, graded on 200 held-out prompts
+    accuracy = info["skill_accuracy"]
+    assert set(accuracy) == set(build["skills"]) | {f"{s}_native" for s in build["native"]}
+    assert set(compose(["experiment=smoke"], config_name="eval").eval.retention) <= set(accuracy)
+    for name, value in accuracy.items():
+        assert 0.0 <= value <= 1.0 and abs(value * 200 - round(value * 200)) < 1e-6, (name, value)

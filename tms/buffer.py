@@ -72,10 +72,15 @@ def read_buffer(root: str | Path, ts: Iterable[int] | None = None) -> pa.Table:
 
 
 class TrajectoryBuffer:
-    """In-memory view of H: ``samples(t, example_id) -> [(completion, score), ...]`` ordered by k."""
+    """In-memory view of H: ``samples(t, example_id) -> [(completion, score), ...]`` ordered by k.
 
-    def __init__(self, table: pa.Table) -> None:
-        self.table = table
+    ``prompt_subset``: the harvest covered only the first N training prompts on purpose
+    (``harvest.prompt_subset``), so a target source may train the other examples on references.
+    None (the default): the buffer claims every training example, and a source refuses one it lacks.
+    """
+
+    def __init__(self, table: pa.Table, prompt_subset: int | None = None) -> None:
+        self.table, self.prompt_subset = table, prompt_subset
         self._index: dict[tuple[int, str], list[tuple[str, float | None]]] = defaultdict(list)
         cols = table.select(["t", "example_id", "completion", "score"]).to_pydict()
         for t, ex, comp, score in zip(cols["t"], cols["example_id"], cols["completion"], cols["score"]):

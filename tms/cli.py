@@ -77,17 +77,15 @@ def run_harvest_only(cfg: DictConfig) -> Path:
     from tms import distributed
     from tms.buffer import read_buffer, t_dir
     from tms.pipeline import link, resolve_base, run_harvest, run_sft, stage1_indices
-    from tms.validation import validate
+    from tms.validation import ConfigError, validate
 
-    validate(cfg)  # before anything is written
+    validate(cfg)  # before anything is written (harvest.checkpoints: integers in 0..T)
     T = int(cfg.sft.num_checkpoints)
     ts = cfg.harvest.get("checkpoints")
     ts = [int(t) for t in ts] if ts is not None else instantiate(cfg.data.target_source).required_checkpoints(T)
     if not ts:
-        raise ValueError("nothing to harvest: the target source needs no checkpoint; set harvest.checkpoints=[...]")
-    bad = [t for t in ts if not 0 <= t <= T]
-    if bad:
-        raise ValueError(f"harvest.checkpoints: {bad} outside 0..T={T}")
+        raise ConfigError("harvest.checkpoints: nothing to harvest, the target source needs no checkpoint; set "
+                          "harvest.checkpoints=[...] (0 = θ0, 1..T = Stage 1's checkpoints) or a method that harvests")
     with distributed.session(cfg.trainer):  # a multi-process job: Stage 1 trains on every rank, the HF harvest is split
         out = setup(cfg)
         distributed.require_session(cfg.trainer)

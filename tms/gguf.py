@@ -131,11 +131,13 @@ def convert(path: Path, out_dir: Path) -> dict[str, Any]:
             "eos_token": tok.eos_token, "roundtrip_max_abs_logit_diff": diff}
 
 
-def convert_cached(spec: Mapping[str, Any], cache_dir: str | Path) -> tuple[str, dict[str, Any]]:
-    """``(hf_dir, identity)`` of the GGUF model of ``spec``, converted once into ``<cache_dir>/gguf/<hash>/model``."""
+def convert_cached(spec: Mapping[str, Any], cache_dir: str | Path, reuse: str = "strict") -> tuple[str, dict[str, Any]]:
+    """``(hf_dir, identity)`` of the GGUF model of ``spec``, converted once into ``<cache_dir>/gguf/<hash>/model``.
+
+    ``reuse``: the config's ``cache_reuse`` (:class:`tms.cache.Stage`)."""
     path = locate_gguf(spec)
     stage = Stage(cache_dir, "gguf", {"package": str(spec["package"]), "gguf": fingerprint(path),
-                                      "converter": CONVERTER_VERSION})
+                                      "converter": CONVERTER_VERSION}, reuse=reuse)
     def fill(out: Path, info: dict) -> None:  # rank 0 alone in a multi-process job
         require_converter(spec)
         log.info("converting %s into %s (once)", path, stage.dir)

@@ -4,7 +4,14 @@
 holds prompts ``plan[i]`` and is generated with the seed ``derive_seed(seed, t, i)``, so the
 buffer is a deterministic function of (checkpoint, prompts, sampling, k, seed, shard size) and
 an interrupted harvest resumes at the first missing shard with no duplicate and no missing
-(t, x, k) row. The model is only loaded when some shard is missing.
+(t, x, k) row. The model is only loaded when some shard is missing. The same property lets the stage
+cache regenerate one damaged shard of a finished harvest alone (:mod:`tms.cache`): shard ``i`` does
+not depend on any other shard (the HF backend re-seeds each batch *within* a shard from the shard's
+seed; vLLM seeds each request from it), so the repaired buffer equals the original row for row.
+
+The ``score`` column is the verifier's: the info records :func:`tms.code_identity.verifier_digest`,
+and :func:`rescore` refreshes the scores of a harvest made under another verifier for the consumers
+that use them (``correct_only``) instead of regenerating the completions, which do not depend on it.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from typing import Callable, Sequence
 from tqdm.auto import tqdm
 
 from tms.buffer import read_buffer, shard_path, shard_plan, write_shard
+from tms.code_identity import verifier_digest
 from tms.data.tasks.base import Example, Task
 from tms.generation.base import Generator, SamplingParams
 from tms.generation.hf import derive_seed
@@ -49,7 +57,8 @@ def harvest_checkpoint(
     pending = [i for i in range(len(plan)) if i % world == rank and not shard_path(out_root, t, i).exists()]
     mine = len(range(rank, len(plan), world))
     info = {"t": int(t), "shards": len(plan), "resumed_shards": mine - len(pending), "completions": 0,
-            "tokens": 0, "seconds": 0.0}
+            "tokens": 0, "seconds": 0.0,  # resumed shards may have been scored by another verifier: unknown
+            "verifier": verifier_digest() if len(pending) == mine else None}
     if not pending:
         return info
     generator = make_generator()
@@ -99,3 +108,38 @@ def check_complete(out_root: str | Path, t: int, example_ids: Sequence[str], k: 
     scores = [s for s in table.column("score").to_pylist() if s is not None]
     return {"rows": len(got), "mean_score": (sum(scores) / len(scores)) if scores else None,
             "stop_fraction": sum(r == "stop" for r in table.column("finish_reason").to_pylist()) / max(len(got), 1)}
+
+
+def merge_info(parts: list[dict]) -> dict:
+    """One manifest entry from the ranks' harvest infos: counts summed, rates over the slowest rank."""
+    out = dict(parts[0])
+    for key in ("resumed_shards", "completions", "tokens"):
+        out[key] = sum(p[key] for p in parts)
+    out["seconds"] = max(p["seconds"] for p in parts)
+    for key, num in (("completions_per_s", "completions"), ("tokens_per_s", "tokens")):
+        if any(key in p for p in parts):
+            out[key] = round(out[num] / max(out["seconds"], 1e-9), 2)
+    if len({p.get("verifier") for p in parts}) > 1:
+        out["verifier"] = None
+    if len(parts) > 1:
+        out["ranks"] = len(parts)
+    return out
+
+
+def rescore(table, stage, task: Task | None):
+    """``table`` (the rows of the harvest ``stage``) with its ``score`` column recomputed by ``task``'s
+    verifier when the stage was harvested under another (or an unknown: resumed shards) verifier
+    (:func:`tms.code_identity.verifier_digest`); unchanged when ``task`` is None or the verifier is the same."""
+    import pyarrow as pa
+
+    if task is None or table.num_rows == 0:
+        return table
+    recorded = (stage.manifest().get("info") or {}).get("verifier")
+    if recorded == verifier_digest():
+        return table
+    log.info("%s: harvested under verifier %s, re-scoring its %d rows with the current verifier %s",
+             stage, recorded, table.num_rows, verifier_digest())
+    answers = {e.id: e.answer for e in task.examples("train")}
+    scores = task.score(table.column("completion").to_pylist(), [answers[i] for i in table.column("example_id").to_pylist()])
+    col = table.schema.get_field_index("score")
+    return table.set_column(col, table.schema.field(col), pa.array(scores, type=pa.float64()))

@@ -1,14 +1,18 @@
-"""Checks of the inputs against each other, run by :func:`tms.validation.validate` before any compute.
+"""Checks of the inputs, and of the inputs against each other, run by :func:`tms.validation.validate` before any
+compute:
 
+* θ0's source (a local directory must hold an HF model; a hub id must look like one), its dtype and
+  attention implementation; the cache directory (writable, nothing is created);
 * batch sizes against the number of training examples;
-* ``data.max_length`` and the prompts (+ the tokens to generate) against the model's context
-  (``max_position_embeddings``), and the prompts against ``data.max_length``;
+* ``data.max_length`` and the prompts (+ the tokens the harvest and RL rollouts generate) against
+  the model's context (``max_position_embeddings``), and the prompts against ``data.max_length``;
 * credentials written literally into the config (they would end up in ``config.resolved.yaml``).
 
 The model's context and tokenizer are read without compute or network: from the local model
 directory, the Hugging Face cache, the toy world's ``model.build`` or its cached θ0 stage. When
-they are not available (a hub model not downloaded yet, a toy θ0 not built yet) the length checks
-that need them are skipped; the data module still drops over-long prompts with a warning.
+they are not available (a hub model not downloaded yet) the length checks that need them are skipped;
+the data module still drops over-long prompts with a warning. Before the toy θ0 is built, its prompt
+lengths are bounded from below without its tokenizer (:func:`toy_prompt_lengths`).
 """
 from __future__ import annotations
 
@@ -21,11 +25,54 @@ from typing import Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from tms.data.tasks.base import Example, Task
-from tms.validation import require
+from tms.validation import ConfigError, require
 
 log = logging.getLogger(__name__)
 
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def check_model(cfg: DictConfig) -> None:
+    """``model.dtype``, ``model.attn_implementation`` and where θ0 comes from (a local path must exist)."""
+    from tms.models import DTYPES, check_model_source
+
+    m = cfg.model
+    dtype = m.get("dtype", "auto")
+    require(dtype in (None, "auto") or dtype in DTYPES, "model.dtype",
+            f"unknown dtype {dtype!r}; expected 'auto' or one of {sorted(DTYPES)}")
+    attn = m.get("attn_implementation")
+    if attn is not None:
+        try:
+            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+            known = {"eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()}
+        except ImportError:  # another transformers version: from_pretrained checks it
+            known = {str(attn)}
+        name = str(attn)
+        ok = name in known or name.removeprefix("paged|") in known or "/" in name  # "org/name": a hub kernel
+        require(ok, "model.attn_implementation", f"{name!r} is not one of {sorted(known)} (or a hub kernel 'org/name')")
+    if m.get("name_or_path"):
+        try:
+            check_model_source(str(m.name_or_path))
+        except FileNotFoundError as err:
+            raise ConfigError(f"{err}; give a saved HF model directory or a hub id") from err
+    elif m.get("gguf") is not None:  # fails with the install command when the package is missing
+        from tms.gguf import locate_gguf
+
+        locate_gguf(m.gguf)
+    else:
+        require(m.get("build") is not None, "model.build",
+                "needed when model.name_or_path and model.gguf are null (toy world)")
+
+
+def check_cache_dir(cfg: DictConfig) -> None:
+    """``cache_dir`` is (or can be created as) a writable directory; nothing is created here."""
+    path = Path(os.path.expanduser(str(cfg.cache_dir)))
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    require(existing.is_dir(), "cache_dir",
+            f"{existing} is not a directory; set cache_dir (or TMS_CACHE) to a directory")
+    require(os.access(existing, os.W_OK | os.X_OK), "cache_dir",
+            f"{existing} is not writable, so the stages cannot be stored; set cache_dir (or TMS_CACHE) elsewhere")
 
 
 def check_batch_sizes(cfg: DictConfig, n_train: int, world: int) -> None:
@@ -97,34 +144,69 @@ def available_tokenizer(cfg: DictConfig):
     return None
 
 
+def toy_prompt_lengths(task: Task, examples: Sequence[Example]) -> list[int]:
+    """Lower bounds of the toy tokenizer's prompt lengths, before θ0 (and its tokenizer) is built.
+
+    The toy chat template adds one special token per message and one for the generation prompt, and
+    byte-level BPE never merges across the pieces of Qwen2's pre-tokenizer (:mod:`tms.toy.tokenizer`), so
+    every piece is at least one token. (The toy tokenizer learns every toy word: the bound is then exact.)
+    """
+    from tokenizers import Regex, pre_tokenizers
+
+    from tms.toy.tokenizer import QWEN2_PATTERN
+
+    split = pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False)
+    return [1 + sum(1 + len(split.pre_tokenize_str(m["content"])) for m in task.messages(e)) for e in examples]
+
+
+def prompt_lengths(cfg: DictConfig, task: Task, examples: Sequence[Example]) -> tuple[list[int] | None, bool]:
+    """The train prompts' token counts and whether they are exact (else lower bounds); None when unknown."""
+    tok = available_tokenizer(cfg)
+    if tok is not None:
+        from tms.data.formatting import prompt_ids
+
+        return [len(prompt_ids(tok, task.messages(e))) for e in examples], True
+    if not cfg.model.get("name_or_path") and cfg.model.get("gguf") is None and cfg.model.get("build") is not None:
+        return toy_prompt_lengths(task, examples), False
+    return None, False
+
+
+def generation_budgets(cfg: DictConfig) -> list[tuple[str, int, int | None]]:
+    """``(key, max_new_tokens, prompts)`` of every generation from the train prompts: the harvest (its first
+    ``prompts``, or all when None) and the RL rollouts."""
+    out = []
+    if uses_harvest(cfg) or cfg.harvest.get("checkpoints") is not None:  # python harvest.py harvest.checkpoints=[...]
+        out.append(("harvest.max_new_tokens", int(cfg.harvest.max_new_tokens), cfg.harvest.get("prompt_subset")))
+    if cfg.method.kind == "rl":
+        out.append(("rl.max_new_tokens", int(cfg.rl.max_new_tokens), None))
+    return out
+
+
 def check_lengths(cfg: DictConfig, task: Task, train: Sequence[Example]) -> None:
-    """``data.max_length`` within the context; prompts within ``data.max_length``; harvest prompts plus
-    ``harvest.max_new_tokens`` within the context."""
+    """``data.max_length`` within the context; prompts within ``data.max_length``; harvested (and RL) prompts
+    plus their ``max_new_tokens`` within the context."""
     context, where = model_context(cfg)
     max_length = int(cfg.data.max_length)
     if context is not None:
         require(max_length <= context, "data.max_length",
                 f"{max_length} is longer than the model's context of {context} tokens ({where}); lower data.max_length")
-    tok = available_tokenizer(cfg)
-    if tok is None:
+    lengths, exact = prompt_lengths(cfg, task, train)
+    if lengths is None:
         log.info("validation: tokenizer not available without compute; prompt lengths are checked at training time")
         return
-    from tms.data.formatting import prompt_ids
-
-    lengths = [len(prompt_ids(tok, task.messages(e))) for e in train]
+    least = "" if exact else "at least "
     require(min(lengths) < max_length, "data.max_length",
-            f"every train prompt of {task.name!r} is at least {max_length} tokens long (shortest {min(lengths)}): "
-            "nothing would be left for the completion; raise data.max_length")
-    if context is None or not uses_harvest(cfg):
+            f"{max_length} leaves no room for a completion: every train prompt of {task.name!r} fills it (the shortest "
+            f"has {least}{min(lengths)} tokens); raise data.max_length")
+    if context is None:
         return
-    subset = cfg.harvest.get("prompt_subset")
-    harvested = lengths[: int(subset)] if subset else lengths
-    new = int(cfg.harvest.max_new_tokens)
-    i = max(range(len(harvested)), key=harvested.__getitem__)
-    require(harvested[i] + new <= context, "harvest.max_new_tokens",
-            f"the prompt of train example {train[i].id!r} ({task.name}) has {harvested[i]} tokens; with {new} new "
-            f"tokens it exceeds the model's context of {context} ({where}). Lower harvest.max_new_tokens, or remove "
-            "long prompts from the data (data.task, data.train_limit, harvest.prompt_subset)")
+    for key, new, subset in generation_budgets(cfg):
+        harvested = lengths[: int(subset)] if subset else lengths
+        i = max(range(len(harvested)), key=harvested.__getitem__)
+        require(harvested[i] + new <= context, key,
+                f"the prompt of train example {train[i].id!r} ({task.name}) has {least}{harvested[i]} tokens; with "
+                f"{new} new tokens it exceeds the model's context of {context} ({where}). Lower {key}, or remove "
+                "long prompts from the data (data.task, data.train_limit, harvest.prompt_subset)")
 
 
 def uses_harvest(cfg: DictConfig) -> bool:

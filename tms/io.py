@@ -73,6 +73,14 @@ def write_json(path: str | Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+class CorruptJSON(ValueError):
+    """A JSON file that does not parse (truncated, or not JSON); the message names the file."""
+
+
 def read_json(path: str | Path) -> Any:
-    with Path(path).open() as fh:
-        return json.load(fh)
+    """The parsed JSON of ``path``; :class:`CorruptJSON` (a ValueError naming the file) if it does not parse."""
+    data = Path(path).read_bytes()
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptJSON(f"{path} is not valid JSON ({err}; {len(data)} bytes): truncated or corrupt") from err

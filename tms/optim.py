@@ -22,7 +22,7 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmu
         raise ValueError(f"cosine_with_warmup: total_steps must be >= 1, got {total_steps}")
     if not 0.0 <= warmup_ratio < 1.0:
         raise ValueError(f"scheduler.warmup_ratio must be in [0, 1), got {warmup_ratio}")
-    W = int(warmup_steps) if warmup_steps is not None else math.ceil(warmup_ratio * total_steps)
+    W = int(warmup_steps) if warmup_steps is not None else math.ceil(round(warmup_ratio * total_steps, 9))  # 0.07·100 is 7.000000000000001 in floats
 
     def factor(step: int) -> float:
         if step < W:

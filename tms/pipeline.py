@@ -1,8 +1,10 @@
 """The stage graph: θ0 → Stage 1 SFT → harvest H[t, x] → student → evaluation.
 
 Each stage is a cached directory (:mod:`tms.cache`) keyed by exactly the config that determines
-its outputs, so a sweep over α or p(t) pays for Stage 1 and the harvest once, and a second
-identical invocation reuses everything. ``run(cfg)`` is what ``python train.py`` calls.
+its outputs plus the identity of the code that builds it (:mod:`tms.code_identity`), so a sweep over
+α or p(t) pays for Stage 1 and the harvest once, a second identical invocation reuses everything, and
+a code fix rebuilds the stages it affects (``cache_reuse=warn``: reuses them with a warning).
+``run(cfg)`` is what ``python train.py`` calls.
 
 Method kinds (``method.kind``):
     sft      θ0 → Stage 1 SFT on the references; the last checkpoint is the model.
@@ -40,6 +42,11 @@ class ModelRef:
     identity: Any
 
 
+def stage(cfg: DictConfig, name: str, key: dict[str, Any], extra: tuple[str, ...] = ()) -> Stage:
+    """The cached stage ``name`` with config ``key`` under ``cfg.cache_dir``, reused as ``cfg.cache_reuse`` says."""
+    return Stage(cfg.cache_dir, name, key, reuse=str(cfg.get("cache_reuse") or "strict"), extra=extra)
+
+
 def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
     m = cfg.model
     return {"dtype": m.get("dtype", "auto"), "attn_implementation": m.get("attn_implementation"),
@@ -64,7 +71,7 @@ def resolve_base(cfg: DictConfig) -> ModelRef:
     if m.get("gguf") is not None:  # a GGUF file in a pip package, converted once to an HF directory (tms.gguf)
         from tms.gguf import convert_cached
 
-        return ModelRef(*convert_cached(plain(m.gguf), cfg.cache_dir))
+        return ModelRef(*convert_cached(plain(m.gguf), cfg.cache_dir, reuse=str(cfg.get("cache_reuse") or "strict")))
     if m.get("build") is None:
         raise ValueError("model.name_or_path, model.gguf and model.build are all null: nothing to load θ0 from")
     from tms.toy.world import build_base_model
@@ -81,7 +88,7 @@ def resolve_base(cfg: DictConfig) -> ModelRef:
 
 def toy_base_stage(cfg: DictConfig) -> Stage:
     """The cached stage of the toy world's θ0 (``model.build``), built or not."""
-    return Stage(cfg.cache_dir, "base", {"build": plain(cfg.model.build), "precision": cfg.trainer.precision})
+    return stage(cfg, "base", {"build": plain(cfg.model.build), "precision": cfg.trainer.precision})
 
 
 def data_key(cfg: DictConfig) -> dict[str, Any]:
@@ -103,11 +110,12 @@ def train_key(cfg: DictConfig) -> dict[str, Any]:
 
 
 def train_stage(cfg: DictConfig, name: str, key: dict[str, Any], init: ModelRef, source, buffer, T: int | None,
-                num_checkpoints: int, grid: list[int] | None = None) -> Stage:
+                num_checkpoints: int, grid: list[int] | None = None, extra: tuple[str, ...] = ()) -> Stage:
     """Build (or reuse) a training stage: SFT-style training of ``init`` on ``source`` targets.
 
     In a multi-process job every rank trains (``Stage.ensure``: rank 0 alone locks and publishes);
-    ``grid`` (Stage 1 of a T sweep): save the union of the equally spaced grids of these T's.
+    ``grid`` (Stage 1 of a T sweep): save the union of the equally spaced grids of these T's;
+    ``extra``: code parts added to the stage's code identity (:data:`tms.code_identity.PARTS`).
     """
     from tms.data.datamodule import PostTrainDataModule
     from tms.methods.sft import SFTModule
@@ -127,7 +135,7 @@ def train_stage(cfg: DictConfig, name: str, key: dict[str, Any], init: ModelRef,
                         num_checkpoints=num_checkpoints, name=name, **({"grid": grid} if grid else {})))
         info["train_examples"] = len(dm.train_examples)
 
-    return Stage(cfg.cache_dir, name, key).ensure(fill, seed=int(cfg.seed), ranks="all")
+    return stage(cfg, name, key, extra).ensure(fill, seed=int(cfg.seed), ranks="all")
 
 
 def run_sft(cfg: DictConfig, base: ModelRef) -> Stage:
@@ -202,7 +210,7 @@ def run_harvest(cfg: DictConfig, base: ModelRef, sft: Stage | None, ts: list[int
     from tms.data.formatting import prompt_ids
     from tms.generation.base import SamplingParams
     from tms.generation.factory import check_backend, make_generator
-    from tms.harvest import check_complete, harvest_checkpoint
+    from tms.harvest import check_complete, harvest_checkpoint, merge_info
     from tms.models import load_tokenizer
 
     check_backend(cfg.harvest.backend)
@@ -228,45 +236,35 @@ def run_harvest(cfg: DictConfig, base: ModelRef, sft: Stage | None, ts: list[int
                 rank=rank, world=world)
             parts = distributed.all_gather(part) if parallel else [part]  # every rank's shards are written
             if distributed.is_zero():
-                info.update(merge_harvest_info(parts))
+                info.update(merge_info(parts))
                 info.update(check_complete(out, t, [e.id for e in examples], k))
                 info["model"] = model.path
 
-        stage = Stage(cfg.cache_dir, "harvest", harvest_key(cfg, model, t))
-        stages.append(stage.ensure(fill, seed=int(cfg.seed), ranks="all" if parallel else "zero"))
+        harvest = stage(cfg, "harvest", harvest_key(cfg, model, t))
+        stages.append(harvest.ensure(fill, seed=int(cfg.seed), ranks="all" if parallel else "zero"))
     return stages
 
 
-def merge_harvest_info(parts: list[dict]) -> dict:
-    """One manifest entry from the ranks' harvest infos: counts summed, rates over the slowest rank."""
-    out = dict(parts[0])
-    for key in ("resumed_shards", "completions", "tokens"):
-        out[key] = sum(p[key] for p in parts)
-    out["seconds"] = max(p["seconds"] for p in parts)
-    for key, num in (("completions_per_s", "completions"), ("tokens_per_s", "tokens")):
-        if any(key in p for p in parts):
-            out[key] = round(out[num] / max(out["seconds"], 1e-9), 2)
-    if len(parts) > 1:
-        out["ranks"] = len(parts)
-    return out
-
-
-def load_buffer(stages: list[Stage], relabel: dict[int, int] | None = None):
+def load_buffer(stages: list[Stage], relabel: dict[int, int] | None = None, prompt_subset: int | None = None,
+                task=None):
     """One :class:`~tms.buffer.TrajectoryBuffer` over the per-checkpoint harvest stages.
 
     ``relabel`` maps Stage 1 checkpoint indices to the student's t (a T-subset of a shared grid,
-    :func:`stage1_indices`); identity when None.
+    :func:`stage1_indices`); identity when None. ``prompt_subset``: the harvest covered only the first N
+    training prompts (``harvest.prompt_subset``); otherwise every example must have samples. ``task``:
+    re-score the stages whose verifier changed since they were harvested (:func:`tms.harvest.rescore`).
     """
     import pyarrow as pa
 
     from tms.buffer import TrajectoryBuffer, read_buffer
+    from tms.harvest import rescore
 
-    table = pa.concat_tables([read_buffer(s.dir) for s in stages])
+    table = pa.concat_tables([rescore(read_buffer(s.dir), s, task) for s in stages])
     if relabel and any(k != v for k, v in relabel.items()):
         col = table.schema.get_field_index("t")
         ts = [relabel.get(int(t), int(t)) for t in table.column("t").to_pylist()]
         table = table.set_column(col, table.schema.field(col), pa.array(ts, type=table.schema.field(col).type))
-    return TrajectoryBuffer(table)
+    return TrajectoryBuffer(table, prompt_subset=prompt_subset)
 
 
 def run_student(cfg: DictConfig, base: ModelRef, source, harvests: list[Stage], T: int,
@@ -275,8 +273,12 @@ def run_student(cfg: DictConfig, base: ModelRef, source, harvests: list[Stage], 
     key = {"base": base.identity, "data": data_key(cfg), "source": plain(cfg.data.target_source),
            "harvest": sorted(s.hash for s in harvests), "train": train_key(cfg), "T": T,
            "num_checkpoints": int(cfg.student.num_checkpoints), "seed": int(cfg.seed)}
-    buffer = load_buffer(harvests, relabel) if harvests else None
-    return train_stage(cfg, "student", key, base, source, buffer, T, int(cfg.student.num_checkpoints))
+    verified = bool(cfg.data.target_source.get("correct_only"))  # then the verifier's scores pick the targets
+    subset = cfg.harvest.get("prompt_subset")
+    buffer = load_buffer(harvests, relabel, int(subset) if subset else None,
+                         instantiate(cfg.data.task) if verified else None) if harvests else None
+    return train_stage(cfg, "student", key, base, source, buffer, T, int(cfg.student.num_checkpoints),
+                       extra=("verifiers",) if verified else ())
 
 
 def final_checkpoint(stage: Stage) -> ModelRef:
@@ -303,10 +305,10 @@ def run_eval(cfg: DictConfig, model: ModelRef, base: ModelRef) -> dict[str, Any]
         write_json(out / "results.json", res)
         info["target"] = res["target"]
 
-    stage = Stage(cfg.cache_dir, "eval", key).ensure(fill, seed=int(cfg.seed), ranks="zero")
+    done = stage(cfg, "eval", key).ensure(fill, seed=int(cfg.seed), ranks="zero")
     from tms.io import read_json
 
-    return read_json(stage.dir / "results.json")
+    return read_json(done.dir / "results.json")
 
 
 def summarize(name: str, res: dict[str, Any], base_res: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
@@ -386,8 +388,8 @@ def run(cfg: DictConfig, run_dir: str | Path, validated: bool = False) -> dict[s
 
 def cached_sft_final(cfg: DictConfig, base: ModelRef) -> ModelRef | None:
     """The SFT baseline's final model if Stage 1 with this config is already in the cache."""
-    stage = Stage(cfg.cache_dir, "sft", sft_key(cfg, base))
-    return final_checkpoint(stage) if stage.done else None
+    sft = stage(cfg, "sft", sft_key(cfg, base))
+    return final_checkpoint(sft) if sft.done else None
 
 
 def link(path: Path, target: Path) -> None:

@@ -26,6 +26,26 @@ log = logging.getLogger(__name__)
 
 FINISHED = "fit.json"  # written by a completed fit (see fit)
 
+#: ``L.Trainer`` arguments that :func:`build_trainer` sets itself, each with what to configure instead. A
+#: ``trainer.<key>`` of these would clash with them; :func:`tms.validation.validate` refuses it before any compute.
+RESERVED_TRAINER_KEYS = {
+    "max_epochs": "set by tms; use sft.epochs (rl.epochs for method=grpo/reinforce)",
+    "max_steps": "set by tms; use sft.max_steps (rl.max_steps for method=grpo/reinforce)",
+    "accumulate_grad_batches": "set by tms; use sft.accumulate_grad_batches or sft.effective_batch_size",
+    "gradient_clip_val": "set by tms; use sft.gradient_clip_val (rl.gradient_clip_val for method=grpo/reinforce)",
+    "callbacks": "set by tms (trajectory checkpoints, throughput, resume, RNG state, non-finite guard)",
+    "logger": "set by tms; choose the logger config group instead (logger=csv, logger=wandb, logger.<key>=...)",
+    "default_root_dir": "set by tms (the stage directory under cache_dir); set cache_dir instead",
+    "reload_dataloaders_every_n_epochs": "set by tms to 1 (the target source draws fresh targets every epoch)",
+    "use_distributed_sampler": "set by tms to false (the data module shards the examples by rank itself)",
+    "num_sanity_val_steps": "set by tms to 0 (the PLD is computed at the trajectory checkpoints)",
+    "limit_val_batches": "set by tms to 0 (the PLD is computed at the trajectory checkpoints); use data.val_limit",
+    "enable_model_summary": "set by tms to false",
+    "plugins": "set by tms (atomic checkpoint IO)",
+}
+#: keys of the ``trainer`` config group that tms reads itself (not passed to ``L.Trainer`` as they are)
+TMS_TRAINER_KEYS = ("checkpoint_every_n_steps", "name", "strategy")
+
 
 def world_size(trainer_cfg: DictConfig | dict) -> int:
     """Number of training processes the trainer config asks for (devices × nodes)."""
@@ -80,9 +100,7 @@ def build_trainer(trainer_cfg: DictConfig, train_cfg: DictConfig, out_dir: Path,
                                             save_top_k=1, monitor=None, every_n_train_steps=ckpt_every,
                                             enable_version_counter=False),
     ]
-    return L.Trainer(
-        **cfg,
-        strategy=strategy,
+    fixed = dict(
         max_epochs=int(train_cfg.get("epochs", 1)),
         max_steps=int(train_cfg.get("max_steps", -1) or -1),
         accumulate_grad_batches=accumulation(train_cfg, trainer_cfg),
@@ -97,6 +115,13 @@ def build_trainer(trainer_cfg: DictConfig, train_cfg: DictConfig, out_dir: Path,
         enable_model_summary=False,
         plugins=[AtomicCheckpointIO()],
     )
+    assert fixed.keys() == RESERVED_TRAINER_KEYS.keys(), "RESERVED_TRAINER_KEYS must list what build_trainer sets"
+    clash = [k for k in cfg if k in fixed]
+    if clash:  # validate() refuses these up front; this guards callers that skip it
+        from tms.validation import ConfigError
+
+        raise ConfigError(f"trainer.{clash[0]}: {RESERVED_TRAINER_KEYS[clash[0]]}")
+    return L.Trainer(**cfg, strategy=strategy, **fixed)
 
 
 def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, trainer_cfg: DictConfig,

@@ -6,7 +6,9 @@ Every epoch it asks the source for fresh targets, drawn reproducibly from ``(see
 records how many examples drew each kind of target (``mixture_counts``). The validation loader
 always uses the references of the held-out split: its NLL is the paper's PLD estimate (eq. 4.2).
 
-Data order is a seeded permutation per epoch, sharded over ranks (see :class:`EpochSampler`).
+Data order is a seeded permutation per epoch, sharded over ranks (see :class:`EpochSampler`). Training
+batches carry the completion-token count of their optimiser step (:mod:`tms.data.windows`), which the
+token-mean objective of the whole step needs (:func:`tms.losses.step_token_mean`).
 The trainer must run with ``reload_dataloaders_every_n_epochs=1`` (fresh targets each epoch) and
 ``use_distributed_sampler=False`` (the sampler is already rank-aware).
 
@@ -27,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tms.data.formatting import Collator, completion_ids, join_and_truncate, prompt_ids
 from tms.data.resume import LoaderPosition, ResumedDataLoader
 from tms.data.sources import ReferenceSource, TargetSource
+from tms.data.windows import WindowedDataLoader
 from tms.data.tasks.base import Example, Task
 
 log = logging.getLogger(__name__)
@@ -190,9 +193,14 @@ class PostTrainDataModule(L.LightningDataModule):
         skip = self.resume_skip(epoch)
         sampler = EpochSampler(len(items), self.seed, epoch, shuffle=True, rank=rank, world_size=world,
                                start=skip * self.batch_size)
-        return ResumedDataLoader(TokenizedPairs(items), batch_size=self.batch_size, sampler=sampler, skipped=skip,
-                                 collate_fn=self.collator, num_workers=self.num_workers, drop_last=False,
-                                 generator=self._loader_generator(epoch))
+        return WindowedDataLoader(TokenizedPairs(items), batch_size=self.batch_size, sampler=sampler, skipped=skip,
+                                  collate_fn=self.collator, num_workers=self.num_workers, drop_last=False,
+                                  generator=self._loader_generator(epoch), accumulate=self._accumulate())
+
+    def _accumulate(self) -> int:
+        """The trainer's gradient accumulation (the micro-batches of one optimiser step); 1 without a trainer."""
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.accumulate_grad_batches) if trainer is not None else 1
 
     def resume_skip(self, epoch: int) -> int:
         """Micro-batches of ``epoch`` that the restored checkpoint had trained on (0 when not resuming)."""

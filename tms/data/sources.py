@@ -107,9 +107,13 @@ class TrajectoryMixtureSource(TargetSource):
             is renormalised over the checkpoints that have a correct sample; an example with none
             falls back to y* and is counted as ``reference_fallback``.
 
-    Examples outside a harvested prompt subset (``harvest.prompt_subset``) have no trajectory and
-    always train on y*; they are counted as ``reference_unharvested``.
         name: label of the source in logs.
+
+    Examples outside a harvested prompt subset (``harvest.prompt_subset``, which the buffer carries
+    as ``buffer.prompt_subset``) have no trajectory and always train on y*; they are counted as
+    ``reference_unharvested``. Without a prompt subset every example must have samples at every
+    selected checkpoint: a buffer that lacks some is an error naming the checkpoint and the count
+    (a deleted shard must not silently turn harvested targets into references).
     """
 
     def __init__(self, alpha: float = 0.25, p_t: str | Sequence[float] = "uniform",
@@ -152,9 +156,21 @@ class TrajectoryMixtureSource(TargetSource):
             if buffer is None:
                 raise ValueError(f"target source {self.name!r} needs a trajectory buffer (alpha < 1)")
             # samples[i][j] = list of (completion, score) for example i at checkpoint ts[j]; None if unharvested
+            if getattr(buffer, "prompt_subset", None) is None:
+                self._require_every_example(buffer)
             self.samples = [self._example_samples(buffer, e.id) for e in self.examples]
             if all(s is None for s in self.samples):
                 raise ValueError(f"target source {self.name!r}: the trajectory buffer holds none of the training examples")
+
+    def _require_every_example(self, buffer) -> None:
+        for t in self.ts:
+            missing = [e.id for e in self.examples if not buffer.has(t, e.id)]
+            if missing:
+                raise ValueError(
+                    f"trajectory buffer: checkpoint t={t} has no harvested sample for {len(missing)} of the "
+                    f"{len(self.examples)} training examples (e.g. {missing[:3]}); the harvest is incomplete. "
+                    "Re-run to regenerate the missing shards, or set harvest.prompt_subset to train on a "
+                    "harvested subset and the other examples on references")
 
     def _example_samples(self, buffer, example_id: str):
         have = [buffer.has(t, example_id) for t in self.ts]

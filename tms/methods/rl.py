@@ -26,8 +26,12 @@ One ``training_step`` is one optimiser step: the prompt loader repeats each inde
 when the current one has been used μ times, so ``global_step``, ``max_steps``, the scheduler and the
 trajectory checkpoints all count optimiser steps. Optimisation is manual: the rollout's P·G sequences
 go through ``micro_batch_size``-row forward/backward passes whose losses are weighted so that the
-accumulated gradient equals that of the whole-batch loss (``token_mean``: by completion tokens,
-``sequence_mean``: by sequences), then the gradients are clipped and the optimiser and the scheduler step.
+accumulated gradient equals that of the loss aggregated over the whole step on *every* rank
+(``token_mean``: :math:`\frac{1}{N}\sum_{\text{ranks}}\sum_{b,t} m_{bt}\ell_{bt}` with ``N`` the completion
+tokens of the step summed over ranks, as verl's ``agg_loss`` with a global token count; ``sequence_mean``:
+the mean over all the step's sequences of their own token means), so the update does not depend on the
+micro-batch size or the number of ranks; then the gradients are clipped and the optimiser and the
+scheduler step.
 The stage that runs it (:func:`run_rl`) lives in :mod:`tms.methods.rl_stage`.
 
 Logged every optimiser step under ``train/`` (the same names for CSV and W&B): ``loss``, ``clip_fraction``,
@@ -49,7 +53,7 @@ import torch
 from tms.data.formatting import collate_right_padded
 from tms.generation.base import SamplingParams
 from tms.generation.hf import HFGenerator, derive_seed
-from tms.losses import IGNORE_INDEX, token_logprobs
+from tms.losses import completion_mask, token_logprobs
 from tms.methods.base import CausalLMModule
 from tms.methods.rl_config import RLConfig
 from tms.models import load_model
@@ -185,9 +189,13 @@ class RLModule(CausalLMModule):
             rollout.logp_ref = self._token_logprobs_of(self._reference(), rollout.batch)
         return rollout
 
+    def _logp_dtype(self) -> torch.dtype:
+        """The dtype of :func:`~tms.losses.token_logprobs` for this model (float32; float64 for a float64 model)."""
+        return torch.float64 if next(self.model.parameters()).dtype == torch.float64 else torch.float32
+
     def _token_logprobs_of(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[N, L-1]`` per-token log-probs of the completions under ``model`` (no grad, micro-batched)."""
-        out = torch.zeros(batch["labels"][:, 1:].shape, device=self.device)
+        out = torch.zeros(batch["labels"][:, 1:].shape, device=self.device, dtype=self._logp_dtype())
         for rows, width, mb in self._micro_batches(batch):
             out[rows, : width - 1] = token_logprobs(self._policy_logits(model, mb), mb["labels"])[0]
         return out
@@ -217,12 +225,15 @@ class RLModule(CausalLMModule):
         rl = self.rl
         opt, sched = self.optimizers(), self.lr_schedulers()
         opt.zero_grad(set_to_none=True)
-        mask_all = ro.batch["labels"][:, 1:] != IGNORE_INDEX
+        mask_all = completion_mask(ro.batch["labels"])
         n_tokens = mask_all.sum()
-        denom = n_tokens if rl.loss_aggregation == "token_mean" else mask_all.any(dim=1).sum()
+        units = n_tokens if rl.loss_aggregation == "token_mean" else mask_all.any(dim=1).sum()
+        world = int(self.trainer.world_size) if self._trainer is not None else 1
+        # the whole step's tokens (or sequences) over every rank; gradients are averaged over the ranks
+        denom = (self.trainer.strategy.reduce(units.double(), reduce_op="sum") / world) if world > 1 else units.double()
         first = ro.logp_old is None
         if first:
-            ro.logp_old = torch.zeros(mask_all.shape, device=self.device)
+            ro.logp_old = torch.zeros(mask_all.shape, device=self.device, dtype=self._logp_dtype())
         stats: dict[str, torch.Tensor] = {}
 
         def add(name: str, value: torch.Tensor, weight: torch.Tensor) -> None:
@@ -237,7 +248,7 @@ class RLModule(CausalLMModule):
             loss, mb_stats = grpo_loss(logp, ro.logp_old[rows, : width - 1], ref if rl.beta > 0 else None,
                                        ro.advantages[rows], mask, rl.epsilon, rl.epsilon_high, rl.beta, rl.loss_aggregation)
             self.check_finite(loss)
-            share = (mask.sum() if rl.loss_aggregation == "token_mean" else mask.any(dim=1).sum()) / denom
+            share = ((mask.sum() if rl.loss_aggregation == "token_mean" else mask.any(dim=1).sum()) / denom).to(loss.dtype)
             self.manual_backward(loss * share)
             token_share = mask.sum() / n_tokens
             add("loss", loss, share)

@@ -13,10 +13,17 @@ from typing import Any
 from omegaconf import DictConfig
 
 from tms.rl_losses import AGGREGATIONS
-from tms.validation import ConfigError, optimizer_steps, require
+from tms.validation import ConfigError, integer, number, optimizer_steps, require
 
 #: advantage baselines: GRPO's group mean (optionally std-scaled), REINFORCE's moving average, RLOO
 BASELINES = ("group", "ema", "leave_one_out")
+#: keys of the ``rl`` block read by the stage (the per-step ones are the fields of :class:`RLConfig`)
+STAGE_KEYS = ("prompts_per_step", "epochs", "max_steps", "lr", "lr_scale", "num_checkpoints", "reward", "backend",
+              "vllm_sync")
+
+
+class UnsupportedOption(ConfigError, NotImplementedError):
+    """A configuration asking for something that is not implemented; the message names the key."""
 
 
 @dataclasses.dataclass
@@ -42,23 +49,22 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         for key in ("num_generations", "max_new_tokens", "num_iterations", "micro_batch_size", "generation_batch_size"):
-            value = getattr(self, key)
-            require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"rl.{key}",
-                    f"must be an integer >= 1, got {value!r}")
-        require(self.temperature > 0, "rl.temperature", f"must be > 0 (on-policy sampling), got {self.temperature}")
-        require(0 < self.top_p <= 1, "rl.top_p", f"must be in (0, 1], got {self.top_p}")
-        require(0 <= self.epsilon < 1, "rl.epsilon", f"must be in [0, 1), got {self.epsilon}")
-        require(self.epsilon_high is None or self.epsilon_high >= 0, "rl.epsilon_high",
-                f"must be null or >= 0, got {self.epsilon_high}")
-        require(self.beta >= 0, "rl.beta", f"must be >= 0, got {self.beta}")
+            integer(f"rl.{key}", getattr(self, key))
+        number("rl.temperature", self.temperature, 0, open_low=True)  # on-policy sampling: greedy has no log-probs
+        number("rl.top_p", self.top_p, 0, 1, open_low=True)
+        number("rl.epsilon", self.epsilon, 0, 1, open_high=True)
+        number("rl.epsilon_high", self.epsilon_high, 0, optional=True)
+        number("rl.beta", self.beta, 0)
         require(self.baseline in BASELINES, "rl.baseline", f"must be one of {BASELINES}, got {self.baseline!r}")
         require(self.baseline == "ema" or self.num_generations >= 2, "rl.num_generations",
                 f"baseline={self.baseline!r} compares samples of one prompt and needs >= 2, got {self.num_generations}")
-        require(0 <= self.momentum <= 1, "rl.momentum", f"must be in [0, 1], got {self.momentum}")
+        number("rl.momentum", self.momentum, 0, 1)
         require(self.loss_aggregation in AGGREGATIONS, "rl.loss_aggregation",
                 f"must be one of {AGGREGATIONS}, got {self.loss_aggregation!r}")
-        require(self.gradient_clip_val is None or self.gradient_clip_val > 0, "rl.gradient_clip_val",
-                f"must be null or > 0, got {self.gradient_clip_val}")
+        number("rl.gradient_clip_val", self.gradient_clip_val, 0, open_low=True, optional=True)
+        for key in ("scale_rewards", "log_kl"):
+            value = getattr(self, key)
+            require(isinstance(value, bool), f"rl.{key}", f"must be true or false, got {value!r}")
 
     @classmethod
     def from_config(cls, node: DictConfig | dict[str, Any]) -> "RLConfig":
@@ -79,33 +85,54 @@ def rollout_steps(cfg: DictConfig, n_prompts: int, world: int) -> int:
 
 
 def validate_rl(cfg: DictConfig, n_prompts: int | None = None) -> RLConfig:
-    """Check the ``rl`` block of a composed config (and the budget against ``n_prompts``)."""
+    """Check every key of the ``rl`` block of a composed config (and the budget against ``n_prompts``).
+
+    Called by :func:`tms.validation.validate` before any compute, and again by the RL stage.
+    """
     from tms.training import world_size
 
     require(cfg.get("rl") is not None, "rl", "method.kind=rl needs an rl: block (use method=grpo or method=reinforce)")
     rl = cfg.rl
-    if rl.get("backend", "hf") != "hf" or rl.get("vllm_sync", False):
-        raise NotImplementedError(
-            "rl.backend=vllm / rl.vllm_sync=true (vLLM rollouts with in-process weight sync after each optimiser "
-            "step) is not implemented; use rl.backend=hf and rl.vllm_sync=false")
+    known = {f.name for f in dataclasses.fields(RLConfig)} | set(STAGE_KEYS)
+    unknown = [k for k in rl if k not in known]
+    require(not unknown, f"rl.{unknown[0]}" if unknown else "rl",
+            f"unknown key (nothing reads it); the keys of rl are {sorted(known)}. Fix its spelling or remove it")
+    if rl.get("backend", "hf") != "hf":
+        raise UnsupportedOption(f"rl.backend: {rl.backend!r} is not implemented (vLLM rollouts with in-process weight "
+                                "sync after each optimiser step, rl.vllm_sync); use rl.backend=hf")
+    if rl.get("vllm_sync"):
+        raise UnsupportedOption("rl.vllm_sync: true (vLLM rollouts with in-process weight sync after each optimiser "
+                                "step) is not implemented; use rl.backend=hf and rl.vllm_sync=false")
     for key in ("prompts_per_step", "epochs", "num_checkpoints"):
-        value = rl.get(key)
-        require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"rl.{key}",
-                f"must be an integer >= 1, got {value!r}")
+        integer(f"rl.{key}", rl.get(key))
     max_steps = rl.get("max_steps")
-    require(max_steps is None or (isinstance(max_steps, int) and (max_steps == -1 or max_steps >= 1)), "rl.max_steps",
+    require(max_steps is None or (isinstance(max_steps, int) and not isinstance(max_steps, bool)
+                                  and (max_steps == -1 or max_steps >= 1)), "rl.max_steps",
             f"must be -1 (derived from rl.epochs) or an integer >= 1, got {max_steps!r}")
-    require(rl.get("lr") is None or float(rl.lr) > 0, "rl.lr",
-            f"must be null (rl.lr_scale * sft.optimizer.lr) or > 0, got {rl.get('lr')}")
-    require(float(rl.get("lr_scale", 1.0)) > 0, "rl.lr_scale", f"must be > 0, got {rl.get('lr_scale')}")
-    require(rl.get("reward") is not None and "_target_" in rl.reward, "rl.reward",
-            "must be a Hydra node with a _target_ (e.g. tms.rl_rewards.VerifierReward)")
+    number("rl.lr", rl.get("lr"), 0, open_low=True, optional=True)  # null: rl.lr_scale * sft.optimizer.lr
+    number("rl.lr_scale", rl.get("lr_scale", 1.0), 0, open_low=True)
+    check_reward(rl.get("reward"))
     config = RLConfig.from_config(rl)
     if n_prompts is not None:
-        steps = rollout_steps(cfg, n_prompts, world_size(cfg.trainer)) * config.num_iterations
+        world = world_size(cfg.trainer)
+        require(int(rl.prompts_per_step) * world <= n_prompts, "rl.prompts_per_step",
+                f"{rl.prompts_per_step} per device x {world} device(s) is larger than the {n_prompts} training "
+                "prompts; lower rl.prompts_per_step (default: sft.effective_batch_size) or use more data "
+                "(data.train_limit)")
+        steps = rollout_steps(cfg, n_prompts, world) * config.num_iterations
         require(int(rl.num_checkpoints) <= steps, "rl.num_checkpoints",
                 f"{rl.num_checkpoints} is larger than the {steps} optimiser steps of the run; lower it or train longer")
     return config
+
+
+def check_reward(node: DictConfig | None) -> None:
+    """``rl.reward``: a Hydra node whose ``_target_`` imports and takes its arguments (not built: a reward may load
+    a judge model)."""
+    from tms.validation import check_target
+
+    require(node is not None and "_target_" in node, "rl.reward",
+            "must be a Hydra node with a _target_ (e.g. tms.rl_rewards.VerifierReward)")
+    check_target(node, "rl.reward")
 
 
 def reward_summary(history: list[float], fraction: float = 0.2) -> dict[str, Any]:
@@ -117,4 +144,5 @@ def reward_summary(history: list[float], fraction: float = 0.2) -> dict[str, Any
     return {"rollouts": len(history), "fraction": fraction, "first_mean": sum(first) / k, "last_mean": sum(last) / k}
 
 
-__all__ = ["BASELINES", "ConfigError", "RLConfig", "reward_summary", "rollout_steps", "validate_rl"]
+__all__ = ["BASELINES", "ConfigError", "RLConfig", "STAGE_KEYS", "UnsupportedOption", "check_reward", "reward_summary",
+           "rollout_steps", "validate_rl"]

@@ -1,7 +1,8 @@
 """The RL stage of the pipeline: θ0 → GRPO / REINFORCE → HF checkpoints (``method.kind=rl``).
 
 A cached stage like Stage 1 SFT (:func:`tms.pipeline.train_stage`), keyed by the base model, the
-data, the ``rl`` block, the shared optimiser/scheduler/trainer settings and the seed. It trains an
+data, the ``rl`` block, the shared optimiser/scheduler/trainer settings and the seed, plus the code
+identity of the ``rl`` kind (:mod:`tms.code_identity`: the RL modules and the verifiers its reward uses). It trains an
 :class:`~tms.methods.rl.RLModule` with the same :func:`tms.training.fit` as every other stage, so it
 runs under the same trainer/strategy/logger configs, writes ``checkpoints/t=XX`` HF directories and
 ``checkpoints/trajectory.json`` (the manifest's ``info["trajectory"]``), ``logs/metrics.csv`` and a
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tms.cache import Stage
 from tms.io import read_json, write_json
 from tms.methods.rl_config import RLConfig, reward_summary, validate_rl
-from tms.pipeline import ModelRef, data_key, model_kwargs, plain, train_key
+from tms.pipeline import ModelRef, data_key, model_kwargs, plain, stage, train_key
 
 log = logging.getLogger(__name__)
 
@@ -83,4 +84,4 @@ def run_rl(cfg: DictConfig, base: ModelRef) -> Stage:
                  info["rewards"].get("first_mean", float("nan")), info["rewards"].get("last_mean", float("nan")),
                  info["rewards"]["rollouts"])
 
-    return Stage(cfg.cache_dir, "rl", rl_key(cfg, base)).ensure(fill, seed=int(cfg.seed), ranks="all")
+    return stage(cfg, "rl", rl_key(cfg, base)).ensure(fill, seed=int(cfg.seed), ranks="all")

@@ -2,32 +2,54 @@ r"""Supervised fine-tuning on whatever targets the data module draws.
 
 One module serves SFT (reference targets), the TMS student (trajectory-mixture targets),
 Self-SFT and Final-SFT (buffer targets with α = 0): the objective is always the plain token NLL
+of one optimiser step,
 
 .. math:: \mathcal{L}(\theta) = -\frac{1}{\sum_b |\tilde y_b|}\sum_b \sum_i \log \pi_\theta(\tilde y_{b,i} \mid x_b, \tilde y_{b,<i})
 
-over the completion tokens of the batch (eq. 3.1 / 5.3); only the target source differs.
+over the completion tokens of *all* the examples of the step — every micro-batch of the accumulation
+window on every rank (eq. 3.1 / 5.3; :func:`tms.losses.step_token_mean`) — so the update does not depend
+on how a step is split into micro-batches or ranks, and a token weighs the same in a short harvested
+completion as in a long reference. Only the target source differs between the methods.
 """
 from __future__ import annotations
 
 import torch
 
-from tms.losses import masked_nll
+from tms.losses import masked_nll_sum, step_token_mean
 from tms.methods.base import CausalLMModule
 
 
 class SFTModule(CausalLMModule):
-    """Masked token-level NLL on prompt + target batches (see :mod:`tms.data.datamodule`)."""
+    """Step-level token-mean NLL on prompt + target batches (see :mod:`tms.data.datamodule`).
+
+    Batches come from :class:`~tms.data.windows.WindowedDataLoader` (``window_tokens``, ``window_last``).
+    A plain batch without them is accepted only without gradient accumulation (its own tokens are then the
+    window's). Logged once per optimiser step: ``train/loss`` (:math:`\mathcal{L}` above, over all ranks),
+    ``train/completion_tokens`` (the step's completion tokens, all ranks) and ``train/lr``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._step_nll: torch.Tensor | None = None  # summed NLL of the current window's micro-batches so far
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.forward_logits(batch["input_ids"], batch["attention_mask"])
-        loss, n_tokens = masked_nll(logits, batch["labels"])
+        nll_sum, n_tokens = masked_nll_sum(logits, batch["labels"])
+        accumulate, world = int(self.trainer.accumulate_grad_batches), int(self.trainer.world_size)
+        if "window_tokens" not in batch and accumulate > 1:
+            raise ValueError("SFTModule: with gradient accumulation the batches must carry 'window_tokens' "
+                             "(use tms.data.windows.WindowedDataLoader / PostTrainDataModule)")
+        local = batch.get("window_tokens", n_tokens).to(self.device)
+        step_tokens = self.trainer.strategy.reduce(local.double(), reduce_op="sum") if world > 1 else local
+        loss = step_token_mean(nll_sum, step_tokens, accumulate, world)
         self.check_finite(loss)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
-        self.log("train/completion_tokens", n_tokens.float(), on_step=True, on_epoch=False, reduce_fx="sum")
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        part = nll_sum.detach().double()
+        self._step_nll = part if self._step_nll is None else self._step_nll + part
+        if batch.get("window_last", True):
+            total = self.trainer.strategy.reduce(self._step_nll, reduce_op="sum") if world > 1 else self._step_nll
+            self._step_nll = None
+            self.log("train/loss", (total / step_tokens).float(), prog_bar=True, on_step=True, on_epoch=False,
+                     batch_size=batch["input_ids"].shape[0])
+            self.log("train/completion_tokens", step_tokens.float(), on_step=True, on_epoch=False)
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self.forward_logits(batch["input_ids"], batch["attention_mask"])
-        loss, _ = masked_nll(logits, batch["labels"])
-        self.log("val/nll_token_batch_mean", loss, on_epoch=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])

@@ -1,5 +1,9 @@
 """GSM8K, MATH and MATH-500: hub datasets (or local files in their schema) graded with math-verify.
 
+The final answer of a completion is the last ``\\boxed{…}`` (balanced braces), else the last GSM8K ``#### N``
+line, else the last ``answer is …``, else the last number (:func:`tms.rewards.final_math_answer`); math-verify
+decides whether it equals the gold. A GSM8K gold is the ``#### N`` line of the dataset's ``answer`` field.
+
 Each task reads a *train* and a *test* source through :func:`tms.data.tasks.loading.load_records`
 (a hub id or a local ``.jsonl``/``.parquet``/``.csv`` file, or a directory with ``<split>.<ext>``).
 The validation split is the last ``n_val`` rows of the train source, so train and val are disjoint
@@ -135,17 +139,22 @@ class MathTask(Task):
 
     # -- grading ------------------------------------------------------------------------------
     def extract_answer(self, completion: str) -> str | None:
-        """Canonical string of the answer math-verify parses from ``completion`` (e.g. ``1/2``)."""
+        """Canonical string (e.g. ``1/2``) of the final answer of ``completion``: the last ``\\boxed{…}``, else
+        the last ``#### N`` line, else the last ``answer is …``, else the last number
+        (:func:`tms.rewards.canonical_math_answer`)."""
         return canonical_math_answer(completion)
 
     def verify(self, completion: str, answer: Any) -> float:
-        """:func:`tms.rewards.math_verify_score` of ``completion`` against the gold ``answer``."""
+        """1.0 iff the final answer of ``completion`` (the last ``\\boxed{…}``, else the last ``#### N`` line,
+        else the last ``answer is …``, else the last number) is math-verify-equivalent to the gold ``answer``
+        (:func:`tms.rewards.math_verify_score`; against an integer gold ``N%`` counts as ``N``)."""
         return math_verify_score(completion, answer)
 
 
 def gsm8k_gold(answer: str) -> str:
-    """The text after the last ``####`` of a GSM8K answer, stripped and without thousands commas."""
-    return answer.rsplit("####", 1)[-1].strip().replace(",", "")
+    """The gold of a GSM8K ``answer`` field: the rest of the line of its last ``####`` (``#### 1,250`` gives
+    ``1250``), stripped and without thousands commas; ``""`` when that line is empty."""
+    return answer.rsplit("####", 1)[-1].split("\n", 1)[0].strip().replace(",", "")
 
 
 def gsm8k_reference(answer: str) -> str:
@@ -165,9 +174,9 @@ class GSM8KTask(MathTask):
     default_config_name = "main"
 
     def convert(self, row: dict[str, Any]) -> tuple[str, str, dict] | None:
-        """Reference from :func:`gsm8k_reference`, gold from :func:`gsm8k_gold`; None without ``####``."""
+        """Reference from :func:`gsm8k_reference`, gold from :func:`gsm8k_gold`; None without a ``#### N`` line."""
         answer = str(row["answer"])
-        if "####" not in answer:
+        if "####" not in answer or not gsm8k_gold(answer):
             return None
         return gsm8k_reference(answer), gsm8k_gold(answer), {}
 

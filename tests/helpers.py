@@ -1,0 +1,48 @@
+"""Assertions shared by several test files."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import compose
+from tms.data.datamodule import EpochSampler
+from tms.validation import ConfigError
+
+
+def assert_epoch_split_covers_every_example_once(n: int, world: int, seed: int = 3, epoch: int = 1) -> None:
+    """The ``world`` rank shards of one epoch: the same number of steps on every rank, every example at least once,
+    and only the padding repeats: the ``(-n) % world`` extra slots are filled by cycling through the epoch's
+    permutation from its start (``n=1, world=4``: index 0 four times)."""
+    shards = [EpochSampler(n, seed=seed, epoch=epoch, rank=r, world_size=world).indices() for r in range(world)]
+    assert [len(s) for s in shards] == [-(-n // world)] * world  # ceil(n / world) steps on every rank
+    counts = Counter(i for s in shards for i in s)
+    assert set(counts) == set(range(n))
+    permutation = EpochSampler(n, seed=seed, epoch=epoch).indices()
+    assert sorted(permutation) == list(range(n))
+    padding = Counter(permutation[j % n] for j in range((-n) % world))
+    assert {i: c - 1 for i, c in counts.items() if c > 1} == dict(padding)
+
+
+def listing(root: Path) -> list[str]:
+    """Every path under ``root``, relative and sorted ([] when it does not exist)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def invalid(tmp_path: Path, overrides, match: str, cache: Path | None = None, base=("experiment=smoke",),
+            errors=(ConfigError,)) -> str:
+    """Run the pipeline (:func:`tms.pipeline.run`) with ``overrides``; it must fail with ``errors`` whose message
+    matches ``match`` before writing anything (the cache is unchanged, no run directory); returns the message."""
+    from tms.pipeline import run
+
+    cache = cache or tmp_path / "cache"
+    before = listing(cache)
+    cfg = compose([*base, f"cache_dir={cache}", *overrides])
+    with pytest.raises(errors) as err:
+        run(cfg, tmp_path / "run")
+    assert re.search(match, str(err.value)), str(err.value)
+    assert listing(cache) == before, "an invalid run must write nothing"
+    assert not (tmp_path / "run").exists()
+    return str(err.value)
