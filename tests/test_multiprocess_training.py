@@ -3,9 +3,9 @@
 The comparison: the same global batch (2 ranks × 8 = 1 × 16 examples, the same examples per step: the epoch's
 permutation is strided over the ranks) and the held-out PLD (eq. 4.2: the validation NLL of the references,
 summed over both ranks' halves of the validation set) at each of the T checkpoints. Tolerance: relative 1e-4.
-The runs are not bit-identical: each rank normalises its loss by its own completion tokens and the gradients
-are averaged over ranks, whereas one process normalises by the tokens of the whole batch, and reductions sum
-in another order (observed: ≤ 3e-6 relative on the smoke world). Weights are not compared against the single
+The objective is the same (the token mean of the whole step over both ranks, tms.losses.step_token_mean; exact
+layout invariance is tested in float64 in tests/test_objective.py) but the runs are not bit-identical in float32:
+reductions sum in another order. Weights are not compared against the single
 run (Adam turns those tiny gradient differences into O(lr) updates of near-zero-gradient coordinates) but DDP
 and FSDP2 (which shard the same gradients) agree to 1e-6.
 Each run starts 2 processes: about 12-15 s per test on 2 idle cores.

@@ -39,6 +39,7 @@ def invalid(tmp_path: Path, overrides, match: str, cache: Path | None = None, ba
 
 
 @pytest.mark.parametrize("overrides,match", [
+    (["cache_reuse=sometimes"], r"^cache_reuse: must be one of"),
     # -- the target source, T, the data
     (["data.target_source.alpha=1.5"], r"^data.target_source.alpha"),
     (["data.target_source.alpha=-0.2"], r"^data.target_source.alpha"),

@@ -66,13 +66,18 @@ def check_model(cfg: DictConfig) -> None:
 
 
 def check_cache_dir(cfg: DictConfig) -> None:
-    """``cache_dir`` is (or can be created as) a writable directory; nothing is created here."""
+    """``cache_dir`` is (or can be created as) a writable directory (nothing is created here); ``cache_reuse``
+    is a known mode."""
     path = Path(os.path.expanduser(str(cfg.cache_dir)))
     existing = next(p for p in (path, *path.parents) if p.exists())
     require(existing.is_dir(), "cache_dir",
             f"{existing} is not a directory; set cache_dir (or TMS_CACHE) to a directory")
     require(os.access(existing, os.W_OK | os.X_OK), "cache_dir",
             f"{existing} is not writable, so the stages cannot be stored; set cache_dir (or TMS_CACHE) elsewhere")
+    from tms.cache import REUSE_MODES
+
+    reuse = cfg.get("cache_reuse", "strict")
+    require(reuse in REUSE_MODES, "cache_reuse", f"must be one of {list(REUSE_MODES)}, got {reuse!r}")
 
 
 def check_batch_sizes(cfg: DictConfig, n_train: int, world: int) -> None:

@@ -154,6 +154,8 @@ def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, tra
         # RL (manual optimisation) checkpoints after the optimiser step of the batch the loop counts as done: a
         # resume continues with the next rollout, which is what we want
         warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
+        # the held-out references are scored by TrajectoryCheckpoints (the PLD curve), not by a validation loop
+        warnings.filterwarnings("ignore", message=".*val_dataloader.* but have no `validation_step`.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None, weights_only=True)
     elapsed = time.time() - t0
     if trainer.is_global_zero:
