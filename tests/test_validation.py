@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import subprocess
 import sys
 import time
@@ -13,29 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, compose
+from tests.helpers import invalid, listing
 from tms.training import RESERVED_TRAINER_KEYS
 from tms.validation import ConfigError, optimizer_steps, validate
-
-
-def listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
-
-
-def invalid(tmp_path: Path, overrides, match: str, cache: Path | None = None, base=("experiment=smoke",),
-            errors=(ConfigError,)) -> str:
-    """Run the pipeline (:func:`tms.pipeline.run`) with ``overrides``; it must fail with ``errors`` whose message
-    matches ``match`` before writing anything (the cache is unchanged, no run directory); returns the message."""
-    from tms.pipeline import run
-
-    cache = cache or tmp_path / "cache"
-    before = listing(cache)
-    cfg = compose([*base, f"cache_dir={cache}", *overrides])
-    with pytest.raises(errors) as err:
-        run(cfg, tmp_path / "run")
-    assert re.search(match, str(err.value)), str(err.value)
-    assert listing(cache) == before, "an invalid run must write nothing"
-    assert not (tmp_path / "run").exists()
-    return str(err.value)
 
 
 @pytest.mark.parametrize("overrides,match", [
