@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tms.callbacks import Throughput, TrajectoryCheckpoints
+from tms.errors import ConfigError
 from tms.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,6 @@ def build_trainer(trainer_cfg: DictConfig, train_cfg: DictConfig, out_dir: Path,
     assert fixed.keys() == RESERVED_TRAINER_KEYS.keys(), "RESERVED_TRAINER_KEYS must list what build_trainer sets"
     clash = [k for k in cfg if k in fixed]
     if clash:  # validate() refuses these up front; this guards callers that skip it
-        from tms.validation import ConfigError
-
         raise ConfigError(f"trainer.{clash[0]}: {RESERVED_TRAINER_KEYS[clash[0]]}")
     return L.Trainer(**cfg, strategy=strategy, **fixed)
 

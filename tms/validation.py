@@ -23,16 +23,14 @@ from typing import Any, Sequence
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tms.errors import ConfigError  # noqa: F401  (re-exported: tms.validation.ConfigError)
+
 log = logging.getLogger(__name__)
 
 KINDS = ("sft", "student", "rl")
 #: keys of ``sft`` (and of the toy world's ``model.build.pretrain``, which trains with the same loop)
 TRAIN_KEYS = ("num_checkpoints", "epochs", "max_steps", "batch_size", "effective_batch_size", "accumulate_grad_batches",
               "gradient_clip_val", "optimizer", "scheduler", "grid", "keep_resume_checkpoint")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the key."""
 
 
 def require(cond: bool, key: str, msg: str) -> None:
