@@ -76,7 +76,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "gguf": ("gguf.py", "models.py", "data/formatting.py", "losses.py"),
 }
 #: imported by hashed files but not hashed on purpose: orchestration, IO wrappers, config checks (see above)
-NOT_HASHED = ("io.py", "redact.py", "tracking.py", "distributed.py", "validation.py", "input_checks.py", "cli.py",
+NOT_HASHED = ("io.py", "errors.py", "redact.py", "tracking.py", "distributed.py", "validation.py", "input_checks.py", "cli.py",
               "pipeline.py", "code_identity.py", "cache/*.py")
 #: per kind, imports whose results are notes in the manifest, not outputs (θ0's skill accuracy); the
 #: verifiers are not followed from the task modules of kinds that do not grade
