@@ -2,7 +2,9 @@
 
 With no arguments: θ0 of the offline toy world on the toy suite. ``model_path`` takes a model
 directory, a pipeline run directory or a hub id; ``checkpoints_of=<SFT run dir>`` also evaluates
-SFT's T checkpoints (the curve of the report). Writes ``results.json`` in the run directory.
+SFT's T checkpoints (the curve of the report); ``buffer_of=<TMS run dir | harvest stage dir>`` writes
+``buffer.json``, per-t diagnostics of the trajectory buffer (and the student ``model_path``'s NLL of each t's
+samples). Writes ``results.json`` in the run directory.
 Reports over run directories: ``python -m tms.evaluation.report RUN_DIR [RUN_DIR ...] --out DIR``.
 """
 import logging

@@ -103,10 +103,10 @@ def test_base_stage_records_its_build(smoke_cache, smoke_base):
     pre = build["pretrain"]
     accumulate = math.ceil(pre["effective_batch_size"] / pre["batch_size"])
     steps = pre["epochs"] * math.ceil(math.ceil(n_examples / pre["batch_size"]) / accumulate)
-    assert info["train_examples"] == n_examples == 4 * 200 + 2 * 200 + 40
+    assert info["train_examples"] == n_examples == 4 * 200 + 1 * 200 + 40  # add x2 (tiny.yaml; smoke keeps it)
     assert info["pretrain"]["dropped_examples"] == {}  # the formula above assumes that no example was dropped
     assert info["pretrain"]["accumulate_grad_batches"] == accumulate
-    assert info["pretrain"]["global_steps"] == steps == 39 and not info["pretrain"]["resumed"]
+    assert info["pretrain"]["global_steps"] == steps == 33 and not info["pretrain"]["resumed"]
     trajectory = info["pretrain"]["trajectory"]
     assert trajectory["total_steps"] == steps and trajectory["T"] == 1
     assert trajectory["checkpoints"]["1"]["step"] == steps
@@ -118,3 +118,45 @@ def test_base_stage_records_its_build(smoke_cache, smoke_base):
     assert set(compose(["experiment=smoke"], config_name="eval").eval.retention) <= set(accuracy)
     for name, value in accuracy.items():
         assert 0.0 <= value <= 1.0 and abs(value * 200 - round(value * 200)) < 1e-6, (name, value)
+
+
+def test_theta0_never_pretrains_on_a_prompt_the_pipeline_tests_trains_or_validates_on():
+    """World v2: the default θ0's pretraining data and every toy split the pipeline uses are disjoint
+    (v1 pretrained on half of each benchmark's test prompts)."""
+    from hydra.utils import instantiate
+
+    from tms.toy.world import pretraining_task
+
+    cfg = compose([])
+    pre = pretraining_task(cfg.model.build)
+    seen = {e.prompt for t in pre.tasks.values() for s in ("train", "val") for e in t.examples(s)}
+    task = instantiate(cfg.data.task)
+    used = {e.prompt for s in ("train", "val", "test") for e in task.examples(s)}
+    for name, node in cfg.eval.benchmarks.items():
+        used |= {e.prompt for e in instantiate(node).examples("test")}
+    assert len(used) > 3000 and not (seen & used)
+
+
+def test_direct_share_answers_a_share_of_native_examples_with_the_bare_answer():
+    from tms.toy.skills import solution_format
+
+    full, mixed = ToyTask("sum", n_train=400, style="native"), ToyTask("sum", n_train=400, style="native",
+                                                                      direct_share=0.5)
+    a, b = full.examples("train"), mixed.examples("train")
+    assert [e.prompt for e in a] == [e.prompt for e in b]  # the share does not change the prompts
+    formats = [solution_format(e.reference) for e in b]
+    assert set(formats) == {"native", "direct"} and 0.4 < formats.count("direct") / 400 < 0.6
+    assert all(mixed.verify(e.reference, e.answer) == 1.0 for e in b)
+    assert mixed.examples("test") == full.examples("test")  # held-out splits keep the native references
+    assert [solution_format(e.reference) for e in ToyTask("sum", n_train=5).examples("train")] == ["teacher"] * 5
+    import pytest
+
+    with pytest.raises(ValueError, match="direct_share"):
+        ToyTask("sum", direct_share=0.5)  # the teacher's references are never replaced
+
+
+def test_a_toy_split_inside_what_theta0_pretrained_on_is_refused(tmp_path):
+    from tests.helpers import invalid
+
+    invalid(tmp_path, ["data.task.n_train=5000"], r"data\.task: .*exceed model\.build\.held_out\.sum=3000", base=())
+    invalid(tmp_path, ["eval.benchmarks.add.n_test=3001"], r"eval\.benchmarks\.add: .*held_out", base=())

@@ -17,10 +17,10 @@ def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def setup(cfg: DictConfig) -> Path:
+def setup(cfg: DictConfig, out: Path | None = None) -> Path:
     """Quiet third-party logs, expand the cache path, record the resolved config (without credentials) and seed.
 
-    In a multi-process job only rank 0 writes.
+    ``out``: the run directory (default: Hydra's output directory). In a multi-process job only rank 0 writes.
     """
     from tms import distributed
     from tms.io import write_json
@@ -32,7 +32,7 @@ def setup(cfg: DictConfig) -> Path:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg.cache_dir = os.path.expanduser(str(cfg.cache_dir))
     prepare_logger(cfg)  # W&B: the sweep's group and the resolved config
-    out = run_dir()
+    out = Path(out) if out is not None else run_dir()
     if distributed.is_zero():
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True))), out / "config.resolved.yaml")

@@ -32,7 +32,9 @@ How the lists were chosen (read the stage's ``fill`` in :mod:`tms.pipeline` and 
   the rollout generator, TRAINING and DATA.
 * ``eval`` = ``evaluation/suite.py`` and ``metrics.py`` (what writes ``results.json``), the generation
   backends, DATA and VERIFIERS. Reports, plots, tables and W&B logging post-process results.json
-  and are not hashed.
+  and are not hashed, nor is ``evaluation/buffer_stats.py`` (``buffer.json``: diagnostics of a harvest
+  buffer written straight into a run directory by ``evaluate.py buffer_of=``, not a cached stage; it
+  imports ``suite.py``, never the other way round).
 * ``gguf`` = the converter and model loading (its config key also holds ``CONVERTER_VERSION``).
 
 Orchestration is not hashed (:data:`NOT_HASHED`): ``pipeline.py`` (keys, wiring), the cache, ``io.py``

@@ -65,6 +65,34 @@ def check_model(cfg: DictConfig) -> None:
                 "needed when model.name_or_path and model.gguf are null (toy world)")
 
 
+def check_toy_held_out(cfg: DictConfig) -> None:
+    """The toy world: θ0 never pretrains on a prompt the pipeline tests, trains or validates on.
+
+    θ0's pretraining skips the first ``model.build.held_out[skill]`` unique prompts of each skill's stream
+    (:func:`tms.toy.world.pretraining_task`); a toy task with θ0's seed draws its test, val, then train
+    prompts from the start of that same stream, so they must fit in that prefix: for the training task
+    test + val + train, for every toy benchmark its test split (the only one evaluated).
+    """
+    if cfg.model.get("name_or_path") or cfg.model.get("gguf") is not None or cfg.model.get("build") is None:
+        return
+    build = cfg.model.build
+    held, seed = {str(k): int(v) for k, v in (build.get("held_out") or {}).items()}, int(build.seed)
+    nodes = [("data.task", cfg.data.task, ("n_test", "n_val", "n_train"))]
+    nodes += [(f"eval.benchmarks.{k}", v, ("n_test",)) for k, v in (cfg.eval.get("benchmarks") or {}).items()]
+    pretrained = set(build.get("skills") or {}) | set(build.get("native") or {})
+    for key, node, parts in nodes:
+        if not str(node.get("_target_", "")).endswith("ToyTask") or int(node.get("seed", 0)) != seed:
+            continue
+        if node.get("skill") not in pretrained:
+            continue
+        defaults = {"n_train": 2000, "n_val": 200, "n_test": 200}  # ToyTask's
+        need, skill = sum(int(node.get(p, defaults[p])) for p in parts), str(node.get("skill"))
+        require(need <= held.get(skill, 0), key, f"its {' + '.join(parts)} = {need} prompts of skill {skill!r} exceed "
+                f"model.build.held_out.{skill}={held.get(skill, 0)}, the prompts θ0's pretraining leaves out of that "
+                f"skill's stream: θ0 would have seen some of them. Raise model.build.held_out.{skill} (rebuilds θ0) "
+                "or use fewer prompts")
+
+
 def check_cache_dir(cfg: DictConfig) -> None:
     """``cache_dir`` is (or can be created as) a writable directory (nothing is created here); ``cache_reuse``
     is a known mode."""

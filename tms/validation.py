@@ -306,7 +306,8 @@ def check_harvest(cfg: DictConfig, T: int) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check types, ranges, files and cross-field constraints of a pipeline config and its inputs."""
     from tms.evaluation.run import check_suite
-    from tms.input_checks import check_batch_sizes, check_cache_dir, check_lengths, check_model, check_no_secrets
+    from tms.input_checks import (check_batch_sizes, check_cache_dir, check_lengths, check_model, check_no_secrets,
+                                  check_toy_held_out)
     from tms.training import accumulation, world_size
 
     kind = cfg.method.get("kind")
@@ -315,6 +316,7 @@ def validate(cfg: DictConfig) -> None:
     check_no_secrets(cfg)
     check_cache_dir(cfg)
     check_model(cfg)
+    check_toy_held_out(cfg)
     check_trainer(cfg.trainer)
     if cfg.get("logger"):
         check_target(cfg.logger, "logger")

@@ -9,13 +9,16 @@ Each argument is a run directory of ``python train.py`` / ``python evaluate.py``
 recursively). Writes into ``--out``:
 
 * ``table.md`` / ``table.csv``: one row per method label × (target | S_xfer | each retention
-  benchmark | F | KL-to-base), Base first. A label is the method name plus the hyperparameters that
+  benchmark | F | KL-to-base: KL(π ‖ π_0) on target and retention prompts, and the forward KL(π_0 ‖ π)
+  on retention prompts), Base first. A label is the method name plus the hyperparameters that
   differ between runs of that method (α, p(t), T from ``config.resolved.yaml``, and any other
   command-line override in ``.hydra/overrides.yaml``); runs that share a label (seeds) are averaged,
   ``n`` counts them. Markdown cells show ``score (↑/↓ Δ)`` with :math:`\Delta_b = S_b(\pi) -
   S_b(\pi_{\theta_0})` computed from the ``scores`` of each run and of its base row, then averaged,
   in units × ``--scale`` (100: percentage points, as Table 9); best / second-best of each column are
-  bold / italic. The CSV holds the same rows with raw, unscaled numbers and every metric.
+  bold / italic. The CSV holds the same rows with raw, unscaled numbers and every metric
+  (``kl_{target,retention}_{seq,token}`` from ``kl_to_base``, ``kl_from_{target,retention}_{seq,token}``
+  from ``kl_from_base``; empty for results that predate it).
 * ``pareto.png``: target vs mean retention per method, with SFT's checkpoint curve (θ0, t = 1..T) and
   the Pareto frontier of all points; ``trajectory.png``: held-out PLD (eq. 4.2) and KL-to-base across
   the T SFT checkpoints; ``forgetting_vs_kl.png``: F against KL-to-base on target and retention prompts.
@@ -39,7 +42,8 @@ from tms.io import read_json
 
 METHOD_ORDER = ("base", "sft", "self_sft", "final_sft", "reinforce", "grpo", "tms")
 PARAM_NAMES = {"data.target_source.alpha": "α", "data.target_source.p_t": "p_t", "sft.num_checkpoints": "T"}
-NOT_PARAMS = ("method", "seed", "data", "cache_dir", "model_path", "label", "checkpoints_of", "logger", "trainer", "eval")
+NOT_PARAMS = ("method", "seed", "data", "cache_dir", "model_path", "label", "checkpoints_of", "buffer_of",
+              "buffer_limit", "logger", "trainer", "eval")
 
 
 @dataclass
@@ -167,8 +171,10 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return math.fsum(vals) / len(vals) if vals else None
 
 
-def _kl(row: dict, group: str, key: str = "kl_seq") -> float | None:
-    return ((row.get("kl_to_base") or {}).get(group) or {}).get(key)
+def _kl(row: dict, group: str, key: str = "kl_seq", direction: str = "kl_to_base") -> float | None:
+    """``row[direction][group][key]`` or None; ``direction`` = ``kl_to_base`` (KL(π ‖ π_0), samples of π) or
+    ``kl_from_base`` (KL(π_0 ‖ π), samples of θ0)."""
+    return ((row.get(direction) or {}).get(group) or {}).get(key)
 
 
 def aggregate(ents: Sequence[Entry], tasks: Sequence[str], retention: Sequence[str]) -> list[dict[str, Any]]:
@@ -197,6 +203,9 @@ def aggregate(ents: Sequence[Entry], tasks: Sequence[str], retention: Sequence[s
         for grp in ("target", "retention"):
             rec[f"kl_{grp}_seq"] = _mean(_kl(e.row, grp) for e in group)
             rec[f"kl_{grp}_token"] = _mean(_kl(e.row, grp, "kl_token") for e in group)
+        for grp in ("target", "retention"):  # the forward KL(π_0 ‖ π), from θ0's samples
+            rec[f"kl_from_{grp}_seq"] = _mean(_kl(e.row, grp, direction="kl_from_base") for e in group)
+            rec[f"kl_from_{grp}_token"] = _mean(_kl(e.row, grp, "kl_token", "kl_from_base") for e in group)
         rec["pld"] = _mean((e.row.get("pld") or {}).get("pld") for e in group)
         rec["nll_token"] = _mean((e.row.get("pld") or {}).get("nll_token") for e in group)
         for k in sorted({k for e in group for k in (e.row.get("pass_at_k") or {})}, key=int):
@@ -239,7 +248,8 @@ def markdown(records: Sequence[dict], tasks: Sequence[str], retention: Sequence[
     cols += [("xfer", "S_xfer (avg Δ other tgt) ↑", True, True, None, True)]
     cols += [(b, f"{b} ↑", True, True, f"delta/{b}", False) for b in retention]
     cols += [("forgetting", "F ↑", True, True, None, False), ("kl_target_seq", "KL tgt ↓", False, False, None, False),
-             ("kl_retention_seq", "KL ret ↓", False, False, None, False)]
+             ("kl_retention_seq", "KL ret ↓", False, False, None, False),
+             ("kl_from_retention_seq", "fwd KL ret ↓", False, False, None, False)]
     header = ["Method", *[c[1] for c in cols], "n"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":-:"] * (len(header) - 1)) + "|"]
     labels = [r["label"] for r in records]
@@ -262,8 +272,10 @@ def markdown(records: Sequence[dict], tasks: Sequence[str], retention: Sequence[
         lines.append("| " + " | ".join(cells) + " |")
     unit = "percentage points" if scale == 100 else f"× {scale:g}"
     lines.append("")
-    lines.append(f"Scores, Δ, S_xfer and F in {unit}; Δ vs the base model in parentheses; KL-to-base in nats per "
-                 "sequence (mean over prompts); **best** / _second_ among the methods; n = runs averaged.")
+    lines.append(f"Scores, Δ, S_xfer and F in {unit}; Δ vs the base model in parentheses; KL tgt / KL ret = "
+                 "KL(π ‖ π0) on the target / retention prompts, fwd KL ret = KL(π0 ‖ π) on the retention prompts, "
+                 "in nats per sequence (mean over prompts); **best** / _second_ among the methods; "
+                 "n = runs averaged.")
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,12 @@ What it does, given the composed ``conf/eval.yaml`` (the same tree as ``train.ya
 5. ``checkpoints_of=<SFT run dir | SFT stage dir | checkpoints dir>`` also evaluates θ0 and every one
    of the T checkpoints (:func:`checkpoint_curve`) into ``<run_dir>/checkpoints.json``, the curve the
    report draws (target vs retention, PLD and KL-to-base across t).
-6. With ``logger=wandb`` the numbers go to a W&B run summary (:mod:`tms.evaluation.wandb_log`).
+6. ``buffer_of=<TMS run dir | harvest stage dir | [harvest stage dirs]>`` also writes
+   ``<run_dir>/buffer.json`` (:func:`tms.evaluation.buffer_stats.buffer_report`): per checkpoint t of the
+   trajectory buffer, the harvest's accuracy, mean length, finished share and solution-format shares and,
+   when ``model_path`` is given, that model's (the student's) NLL of each t's samples (``buffer_limit``
+   rows per t; null: all).
+7. With ``logger=wandb`` the numbers go to a W&B run summary (:mod:`tms.evaluation.wandb_log`).
 """
 from __future__ import annotations
 
@@ -132,8 +137,10 @@ def checkpoint_curve(cfg: DictConfig, ckpt_dir: str | Path, base: ModelRef) -> d
     """θ0 (t = 0) and each of the T checkpoints evaluated on the suite (one cached ``eval`` stage each).
 
     Returns ``{"T", "total_steps", "suite", "checkpoints": [{t, step, model, target, scores, retention,
-    retention_mean, forgetting, xfer, kl_to_base, pld, pld_train}, ...]}``: ``pld`` is the held-out PLD of
-    the evaluation (eq. 4.2, same definition for every model), ``pld_train`` the one logged during SFT.
+    retention_mean, forgetting, xfer, kl_to_base, kl_from_base, pld, pld_train}, ...]}``: ``kl_to_base`` is
+    KL(π_t ‖ π_0) and ``kl_from_base`` the forward KL(π_0 ‖ π_t) (None for a cached result that predates
+    it), ``pld`` is the held-out PLD of the evaluation (eq. 4.2, same definition for every model),
+    ``pld_train`` the one logged during SFT.
     """
     ckpt_dir = checkpoints_dir(ckpt_dir)
     index = read_json(ckpt_dir / "trajectory.json")
@@ -150,6 +157,7 @@ def checkpoint_curve(cfg: DictConfig, ckpt_dir: str | Path, base: ModelRef) -> d
             "scores": row["scores"], "retention": ret,
             "retention_mean": sum(ret.values()) / len(ret) if ret else None,
             "forgetting": row["forgetting"], "xfer": row["xfer"], "kl_to_base": row["kl_to_base"],
+            "kl_from_base": row.get("kl_from_base"),
             "pld": row.get("pld"), "pld_train": {k: entry[k] for k in ("pld", "nll_token") if k in entry} or None,
         })
         log.info("checkpoint t=%d: target %.3f, retention %s", t, row["target"], points[-1]["retention_mean"])
@@ -188,6 +196,14 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Evaluate the model of ``cfg`` (see the module docstring); writes and returns ``results.json``."""
     run_dir = Path(run_dir)
     check_suite(cfg)
+    buffer_dirs = None
+    if cfg.get("buffer_of"):
+        from tms.evaluation.buffer_stats import buffer_dirs_of
+        from tms.validation import integer
+
+        integer("buffer_limit", cfg.get("buffer_limit"), minimum=1, optional=True)
+        of = cfg.buffer_of
+        buffer_dirs = buffer_dirs_of(str(of) if isinstance(of, (str, Path)) else [str(d) for d in of])
     base = resolve_base(cfg)
     curve = None
     if cfg.get("checkpoints_of"):
@@ -212,10 +228,27 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     results = {**rows[label], "model": model.path, "base_model": base.path, "seed": int(cfg.seed),
                "suite": suite_names(cfg), "rows": rows}
     write_json(run_dir / "results.json", results)
+    if buffer_dirs is not None:
+        write_buffer_report(cfg, buffer_dirs, run_dir / "buffer.json")
     from tms.evaluation.wandb_log import log_results
 
     log_results(cfg, results, run_dir, curve)
     return results
+
+
+def write_buffer_report(cfg: DictConfig, buffer_dirs: dict[int, Path], out: Path) -> dict[str, Any]:
+    """:func:`~tms.evaluation.buffer_stats.buffer_report` of ``buffer_dirs`` for ``cfg``: the training task
+    ``data.task``, the student = ``model_path`` (a run directory's ``model``) if given, ``buffer_limit``."""
+    from hydra.utils import instantiate
+
+    from tms.evaluation.buffer_stats import buffer_report
+    from tms.pipeline import model_kwargs
+
+    student = model_ref(str(cfg.model_path)).path if cfg.get("model_path") else None
+    limit = cfg.get("buffer_limit")
+    return buffer_report(buffer_dirs, student, instantiate(cfg.data.task), out=out,
+                         limit=None if limit is None else int(limit), model_kwargs=model_kwargs(cfg),
+                         batch_size=int(cfg.eval.get("batch_size", 64)))
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
@@ -230,6 +263,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     print(f"results:     {out / 'results.json'}")
     if (out / "checkpoints.json").is_file():
         print(f"checkpoints: {out / 'checkpoints.json'}")
+    if (out / "buffer.json").is_file():
+        print(f"buffer:      {out / 'buffer.json'}")
     print(f"model:       {results['model']}")
     print(f"run dir:     {out}")
     return results

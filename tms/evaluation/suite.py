@@ -5,9 +5,13 @@
 * ``scores[b]``: mean verifier score of greedy completions on benchmark b's test split;
 * ``pass_at_k``, ``sc_acc``, ``answer_entropy``: from ``sampling.n`` samples per target prompt
   (unbiased pass@k; majority-vote accuracy; entropy in nats of the extracted answers);
-* ``kl_to_base[group]``: KL(π_θ ‖ π_0) from ``kl.n`` samples y ~ π_θ per prompt at temperature 1
-  scored under both models (``kl_seq``, ``kl_seq_per_prompt``, ``kl_token``; ``kl.estimator`` k1 or
-  k3), on the target and on the retention prompts;
+* ``kl_to_base[group]``: the reverse KL(π_θ ‖ π_0) from ``kl.n`` samples y ~ π_θ per prompt at
+  temperature 1 scored under both models (``kl_seq``, ``kl_seq_per_prompt``, ``kl_token``;
+  ``kl.estimator`` k1 or k3), on the target and on the retention prompts (the quantity of the TMS
+  paper's Theorem 6.1);
+* ``kl_from_base[group]``: the forward KL(π_0 ‖ π_θ), the same keys, prompts, ``kl.n``, estimator and
+  seed, from samples y ~ π_0 (θ0) instead (the predictor of forgetting of Shenfeld et al. 2025,
+  "RL's Razor"); both directions come from one function, :func:`sample_kl`, with the roles swapped;
 * ``pld``: held-out NLL of the training task's validation references (eq. 4.2).
 
 ``relative_metrics`` adds what needs θ0's results: ``xfer`` (S_xfer), ``retention``, ``deltas``
@@ -89,34 +93,79 @@ def kl_samples(gen: HFGenerator, task_examples: list[tuple[Task, list]], n: int,
     return prompts, gen.generate(prompts, n, sp, seed)
 
 
-def kl_to_base(gen: HFGenerator, base_model, task_examples: list[tuple[Task, list]], max_new_tokens: int,
-               seed: int, n: int = 1, estimator: str = "k1") -> dict[str, float]:
-    r"""KL(π_θ ‖ π_0) on the prompts of ``task_examples`` (App. F.5), from n samples per prompt.
+def sample_kl(sampler: HFGenerator, other_model, task_examples: list[tuple[Task, list]], max_new_tokens: int,
+              seed: int, n: int = 1, estimator: str = "k1") -> dict[str, float]:
+    r"""KL(π_s ‖ π_o) on the prompts of ``task_examples``, from n samples per prompt of the *sampling* model.
 
-    With samples :math:`y_{x,s} \sim \pi_\theta(\cdot|x)` at temperature 1 and the k1 estimator
+    π_s = ``sampler.model`` (it draws the samples and scores them), π_o = ``other_model`` (it only scores
+    them). With samples :math:`y_{x,s} \sim \pi_s(\cdot|x)` at temperature 1 (:func:`kl_samples`) and the
+    k1 estimator
 
-    .. math::  \widehat{\mathrm{KL}}(y) = \sum_i \log\pi_\theta(y_i|x,y_{<i}) - \log\pi_0(y_i|x,y_{<i}),
+    .. math::  \widehat{\mathrm{KL}}(y) = \sum_i \log\pi_s(y_i|x,y_{<i}) - \log\pi_o(y_i|x,y_{<i}),
                \quad \texttt{kl\_seq\_per\_prompt} = \frac{1}{P}\sum_x \frac{1}{n}\sum_s \widehat{\mathrm{KL}}(y_{x,s})
 
     also ``kl_seq`` (mean over samples; equal to the per-prompt mean since every prompt has n samples)
-    and ``kl_token`` (summed KL over all sampled tokens / their number); see :func:`metrics.kl_to_base`.
-    π_0 scores with the generator's batch size, so θ0 against itself gives exactly 0.
+    and ``kl_token`` (summed KL over all sampled tokens / their number); see :func:`metrics.kl_to_base`,
+    whose "policy" is the sampling model π_s and "base" the other one π_o (``estimator="k3"``:
+    :math:`(r-1) - \log r` with :math:`r = \pi_o/\pi_s` per token, unbiased for the same KL). π_o scores
+    with the sampler's batch size, like π_s's own log-probs, so a model against itself gives exactly 0.
+    Both models must share the sampler's tokenizer.
     """
-    prompts, comps = kl_samples(gen, task_examples, n, max_new_tokens, seed)
-    base_lp = score_completions(base_model, [prompts[c.prompt_index] for c in comps], [c.token_ids for c in comps],
-                                gen.tokenizer.pad_token_id, batch_size=gen.batch_size)
-    return M.kl_to_base([torch.tensor(c.logprobs) for c in comps], [torch.tensor(b) for b in base_lp],
+    prompts, comps = kl_samples(sampler, task_examples, n, max_new_tokens, seed)
+    other_lp = score_completions(other_model, [prompts[c.prompt_index] for c in comps], [c.token_ids for c in comps],
+                                 sampler.tokenizer.pad_token_id, batch_size=sampler.batch_size)
+    return M.kl_to_base([torch.tensor(c.logprobs) for c in comps], [torch.tensor(b) for b in other_lp],
                         prompt_ids=[c.prompt_index for c in comps], estimator=estimator)
 
 
-def reference_nll(model, tok, task: Task, examples) -> dict[str, float]:
-    """Held-out PLD: per-sequence and per-token NLL of the references (eq. 4.2)."""
+def kl_to_base(gen: HFGenerator, base_model, task_examples: list[tuple[Task, list]], max_new_tokens: int,
+               seed: int, n: int = 1, estimator: str = "k1") -> dict[str, float]:
+    r"""Reverse KL(π_θ ‖ π_0) (App. F.5): :func:`sample_kl` with samples y ~ π_θ (``gen``), scored under π_0.
+
+    .. math::  \widehat{\mathrm{KL}}(y) = \sum_i \log\pi_\theta(y_i|x,y_{<i}) - \log\pi_0(y_i|x,y_{<i}),
+               \quad y \sim \pi_\theta(\cdot|x)
+    """
+    return sample_kl(gen, base_model, task_examples, max_new_tokens, seed, n=n, estimator=estimator)
+
+
+def kl_from_base(gen: HFGenerator, base_model, task_examples: list[tuple[Task, list]], max_new_tokens: int,
+                 seed: int, n: int = 1, estimator: str = "k1") -> dict[str, float]:
+    r"""Forward KL(π_0 ‖ π_θ): :func:`sample_kl` with samples y ~ π_0 (``base_model``), scored under π_θ (``gen``).
+
+    .. math::  \widehat{\mathrm{KL}}(y) = \sum_i \log\pi_0(y_i|x,y_{<i}) - \log\pi_\theta(y_i|x,y_{<i}),
+               \quad y \sim \pi_0(\cdot|x)
+
+    The arguments are those of :func:`kl_to_base` (same prompts, n, seed and estimator, so the two
+    directions are comparable). θ0 samples with ``gen``'s tokenizer and batch size, so its samples are a
+    deterministic function of (θ0, prompts, n, seed, batch size), whatever π_θ is.
+    """
+    sampler = HFGenerator(base_model, gen.tokenizer, batch_size=gen.batch_size)
+    return sample_kl(sampler, gen.model, task_examples, max_new_tokens, seed, n=n, estimator=estimator)
+
+
+def completion_nll(model, tok, task: Task, examples, completions: list[str],
+                   batch_size: int = 32) -> dict[str, float]:
+    r"""Per-sequence and per-token NLL of the texts ``completions[j]`` given the prompts of ``examples[j]``.
+
+    Each target is tokenised as in training (:func:`completion_ids`: the text, then eos) after the chat
+    prompt :func:`prompt_ids` of ``task.messages(example)``; with :math:`\mathrm{NLL}_j = -\sum_i
+    \log\pi(y_{j,i}|x_j,y_{j,<i})` and :math:`T_j` its token count, ``pld`` :math:`= \frac{1}{N}\sum_j
+    \mathrm{NLL}_j` (:func:`metrics.pld`), ``nll_token`` :math:`= \sum_j \mathrm{NLL}_j / \sum_j T_j` and
+    ``n`` = N.
+    """
+    if len(examples) != len(completions):
+        raise ValueError(f"completion_nll: {len(examples)} examples but {len(completions)} completions")
     prompts = _prompts(tok, task, examples)
-    targets = [completion_ids(tok, e.reference) for e in examples]
-    lps = score_completions(model, prompts, targets, tok.pad_token_id)
+    targets = [completion_ids(tok, text) for text in completions]
+    lps = score_completions(model, prompts, targets, tok.pad_token_id, batch_size=batch_size)
     nll = [-sum(lp) for lp in lps]
     return {"pld": M.pld(nll), "nll_token": M.pld_per_token([(v, len(lp)) for v, lp in zip(nll, lps)]),
             "n": len(examples)}
+
+
+def reference_nll(model, tok, task: Task, examples) -> dict[str, float]:
+    """Held-out PLD: per-sequence and per-token NLL of the references (eq. 4.2), via :func:`completion_nll`."""
+    return completion_nll(model, tok, task, examples, [e.reference for e in examples])
 
 
 def evaluate_model(model_path: str, suite: Mapping[str, Any], tasks: Mapping[str, Task], base_path: str | None,
@@ -139,7 +188,8 @@ def evaluate_model(model_path: str, suite: Mapping[str, Any], tasks: Mapping[str
     s = suite["sampling"]
     out.update(sampling_metrics(gen, tasks[target], examples[target][: s.get("limit")], int(s["n"]), s["ks"],
                                 float(s["temperature"]), float(s.get("top_p", 1.0)), max_new, seed))
-    out["kl_to_base"] = {}
+    directions = {"kl_to_base": kl_to_base, "kl_from_base": kl_from_base}
+    out.update({key: {} for key in directions})
     kl = suite["kl"]
     groups = {"target": [target], "retention": list(suite.get("retention") or [])}
     same_as_base = base_path is None or str(base_path) == str(model_path)
@@ -147,12 +197,13 @@ def evaluate_model(model_path: str, suite: Mapping[str, Any], tasks: Mapping[str
     for group, names in groups.items():
         if not names:
             continue
-        if same_as_base:  # KL(π_0 ‖ π_0) = 0 exactly
-            out["kl_to_base"][group] = {"kl_seq": 0.0, "kl_token": 0.0, "kl_seq_per_prompt": 0.0}
-            continue
         pairs = [(tasks[n], examples[n][: kl.get("limit")]) for n in names]
-        out["kl_to_base"][group] = kl_to_base(gen, base_model, pairs, max_new, seed, n=int(kl.get("n", 1)),
-                                              estimator=str(kl.get("estimator", "k1")))
+        for key, direction in directions.items():
+            if same_as_base:  # KL(π_0 ‖ π_0) = 0 exactly, in both directions
+                out[key][group] = {"kl_seq": 0.0, "kl_token": 0.0, "kl_seq_per_prompt": 0.0}
+                continue
+            out[key][group] = direction(gen, base_model, pairs, max_new, seed, n=int(kl.get("n", 1)),
+                                        estimator=str(kl.get("estimator", "k1")))
     if pld_task is not None:
         out["pld"] = reference_nll(gen.model, gen.tokenizer, pld_task, pld_task.examples("val", suite.get("pld_limit")))
     gen.close()

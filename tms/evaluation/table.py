@@ -22,11 +22,15 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def summary_table(rows: Mapping[str, Mapping[str, Any]], retention: Sequence[str], target: str) -> str:
-    """Model rows × (target score, each retention skill, F, S_xfer, KL-to-base on retention prompts)."""
-    headers = ["model", f"target ({target})", *retention, "F", "xfer", "KL_ret/seq"]
+    """Model rows × (target score, each retention skill, F, S_xfer, KL on retention prompts in both directions).
+
+    ``KL_ret/seq`` = KL(π ‖ π_0) (``kl_to_base``, samples of the model), ``fwdKL_ret/seq`` = KL(π_0 ‖ π)
+    (``kl_from_base``, samples of θ0), nats per sequence; ``-`` where a result predates the key.
+    """
+    headers = ["model", f"target ({target})", *retention, "F", "xfer", "KL_ret/seq", "fwdKL_ret/seq"]
     body = []
     for name, r in rows.items():
-        kl = (r.get("kl_to_base") or {}).get("retention") or {}
+        kl, fwd = ((r.get(key) or {}).get("retention") or {} for key in ("kl_to_base", "kl_from_base"))
         body.append([name, r.get("target"), *[r["scores"].get(b) for b in retention], r.get("forgetting"),
-                     r.get("xfer"), kl.get("kl_seq")])
+                     r.get("xfer"), kl.get("kl_seq"), fwd.get("kl_seq")])
     return render(headers, body)

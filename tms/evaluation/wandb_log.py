@@ -5,13 +5,15 @@ configured Lightning ``WandbLogger`` opens one run per evaluation (``job_type="e
 
 * in its **summary** every number of ``results.json``, keyed by its JSON path joined with ``/``
   (``target``, ``xfer``, ``forgetting``, ``scores/<benchmark>``, ``kl_to_base/retention/kl_seq``,
+  ``kl_from_base/retention/kl_seq``,
   ``pass_at_k/8``, ``pld/pld``, ``rows/base/target``, ...); sampled completions are not numbers and
   go to the table below instead;
 * a ``samples`` table (model, benchmark, prompt, completion, score) of the completions in
   ``results.json``'s ``samples`` of every row;
 * with a checkpoint curve, one history step per SFT checkpoint t (``curve/target``,
-  ``curve/retention_mean``, ``curve/forgetting``, ``curve/kl_target``, ``curve/kl_retention``,
-  ``curve/pld``).
+  ``curve/retention_mean``, ``curve/forgetting``, ``curve/kl_target``, ``curve/kl_retention`` (KL(π_t ‖ π_0),
+  ``kl_to_base``), ``curve/kl_from_target``, ``curve/kl_from_retention`` (the forward KL(π_0 ‖ π_t),
+  ``kl_from_base``), ``curve/pld``).
 
 Only these numbers and texts are sent: W&B's system metadata, git and code capture are switched off,
 and neither the environment nor any credential is logged.
@@ -58,10 +60,13 @@ def sample_rows(results: Mapping[str, Any]) -> list[list[Any]]:
 def curve_steps(curve: Mapping[str, Any]) -> Iterator[dict[str, float]]:
     """One dict of ``curve/*`` numbers per checkpoint of a :func:`~tms.evaluation.run.checkpoint_curve`."""
     for p in curve["checkpoints"]:
-        kl = p.get("kl_to_base") or {}
+        kl, fwd = p.get("kl_to_base") or {}, p.get("kl_from_base") or {}
         values = {"t": p["t"], "step": p["step"], "target": p["target"], "retention_mean": p.get("retention_mean"),
                   "forgetting": p.get("forgetting"), "kl_target": (kl.get("target") or {}).get("kl_seq"),
-                  "kl_retention": (kl.get("retention") or {}).get("kl_seq"), "pld": (p.get("pld") or {}).get("pld")}
+                  "kl_retention": (kl.get("retention") or {}).get("kl_seq"),
+                  "kl_from_target": (fwd.get("target") or {}).get("kl_seq"),
+                  "kl_from_retention": (fwd.get("retention") or {}).get("kl_seq"),
+                  "pld": (p.get("pld") or {}).get("pld")}
         yield {f"curve/{k}": v for k, v in values.items() if v is not None}
 
 

@@ -39,14 +39,21 @@ def pretraining_task(build: DictConfig) -> TaskMixture:
     """The skills (``skills: {skill: n}``) plus native-style target examples (``native: {task: n}``).
 
     ``repeat: {skill: r}`` shows a skill's examples r times per epoch (addition with carries is
-    the slowest skill to learn).
+    the slowest skill to learn); ``direct_share: {task: p}`` answers a share p of a target's native
+    examples with the bare answer. ``held_out: {skill: k}``: the first k unique prompts of that skill's
+    stream are never pretraining data; the toy benchmarks' test (and the target task's test, val and
+    train) splits are drawn from that prefix of the same stream (same seed), so θ0 never sees them
+    (:func:`tms.input_checks.check_toy_held_out` checks the sizes).
     """
-    seed = int(build.seed)
-    tasks = [ToyTask(s, n_train=int(n), n_val=int(build.n_val), n_test=0, seed=seed) for s, n in build.skills.items()]
+    seed, held = int(build.seed), {str(k): int(v) for k, v in (build.get("held_out") or {}).items()}
+    shares = dict(build.get("direct_share") or {})
+    tasks = [ToyTask(s, n_train=int(n), n_val=int(build.n_val), n_test=held.get(s, 0), seed=seed)
+             for s, n in build.skills.items()]
     for skill, n in (build.get("native") or {}).items():
         if int(n) > 0:
-            tasks.append(ToyTask(skill, n_train=int(n), n_val=int(build.n_val), n_test=0, seed=seed, style="native",
-                                 name=f"{skill}_native"))
+            tasks.append(ToyTask(skill, n_train=int(n), n_val=int(build.n_val), n_test=held.get(skill, 0), seed=seed,
+                                 style="native",
+                                 name=f"{skill}_native", direct_share=float(shares.get(skill, 0.0))))
     return TaskMixture(tasks, name="toy_pretrain", repeats=dict(build.get("repeat") or {}))
 
 

@@ -83,6 +83,17 @@ class Task(abc.ABC):
         text = completion.strip()
         return text or None
 
+    def solution_format(self, completion: str) -> str | None:
+        """The name of the surface format ``completion`` is written in, or None when the task has none.
+
+        A diagnostic of harvested trajectories (:func:`tms.evaluation.buffer_stats.buffer_diagnostics`
+        reports the share of each format per checkpoint t), never part of the score. The default returns
+        None for every completion: the task defines no formats and no format shares are reported.
+        Override it with a pure function of the text (e.g. the toy ``sum`` target's ``native`` |
+        ``teacher`` | ``direct`` | ``other``).
+        """
+        return None
+
     @abc.abstractmethod
     def verify(self, completion: str, answer: Any) -> float:
         """Score in [0, 1] of ``completion`` against the gold ``answer``. Never raises."""

@@ -1,0 +1,255 @@
+"""The toy reproduction driver: every method × seed and the ablations, then ``results.csv`` and the report.
+
+``python repro.py [plan.yaml] [--out DIR] [--md FILE] [-- key=value ...]`` (plan: ``conf/repro/toy.yaml``).
+Each run of the plan is the config ``python train.py <common> method=<m> seed=<s> <setting overrides>
+<extra overrides>`` would compose, run in this process by :func:`tms.pipeline.run` into
+``<out>/runs/<method>_<setting>_s<seed>/``; stages (θ0, Stage 1, harvests, students, evaluations) are
+shared through the stage cache, so a rerun only computes what changed. Rows (:data:`COLUMNS`):
+
+* ``base`` (θ0) and every method's model per (seed, setting), from the run's ``results.json``;
+* ``sft_t=<t>`` for t = 1..T: SFT's checkpoint curve (each checkpoint evaluated on the same suite);
+* ``buffer.csv``: per harvested t of each main TMS run, the buffer diagnostics and the student's NLL of
+  t's samples (:func:`tms.evaluation.buffer_stats.buffer_report`).
+
+Then :func:`tms.repro.report.write_report` renders ``docs/toy_reproduction.md`` and its plots.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("tms.repro")
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+#: columns of results.csv before the skill columns / after them (the skills are the suite's retention benchmarks)
+HEAD = ["method", "seed", "setting", "t", "target"]
+TAIL = ["retention_mean", "F", "xfer", "kl_fwd_target", "kl_rev_target", "kl_fwd_retention", "kl_rev_retention",
+        "pld", "pass@1", "pass@4", "pass@8", "sc_acc", "answer_entropy"]
+BUFFER_COLUMNS = ["seed", "setting", "t", "n", "accuracy", "mean_tokens", "finished"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One pipeline run of the plan."""
+
+    method: str
+    seed: int
+    setting: str
+    overrides: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}_{self.setting}_s{self.seed}".replace("=", "-")
+
+    def all_overrides(self, common: Sequence[str], extra: Sequence[str]) -> list[str]:
+        return [*common, f"method={self.method}", f"seed={self.seed}", *self.overrides, *extra]
+
+
+def plan(p: DictConfig) -> list[RunSpec]:
+    """The runs of plan ``p``: every method × seed (setting ``main``), then the TMS ablations on ``ablation_seeds``."""
+    runs = [RunSpec(str(m), int(s), "main") for s in p.seeds for m in p.methods]
+    for s in p.get("ablation_seeds") or []:
+        for setting, overrides in (p.get("ablations") or {}).items():
+            runs.append(RunSpec(str(p.get("ablation_method", "tms")), int(s), str(setting), tuple(map(str, overrides))))
+    return runs
+
+
+def compose(overrides: Sequence[str]) -> DictConfig:
+    """The ``conf/train.yaml`` config with ``overrides``, as ``python train.py`` would compose it."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _kl(row: dict, key: str, group: str) -> float | None:
+    return _num(((row.get(key) or {}).get(group) or {}).get("kl_seq"))
+
+
+def csv_row(row: dict, method: str, seed: int, setting: str, skills: Sequence[str], t: int | None = None) -> dict:
+    """One results.csv row from a pipeline results row (:func:`tms.pipeline.summarize`)."""
+    ret = [row["scores"][s] for s in skills]
+    pak = row.get("pass_at_k") or {}
+    return {
+        "method": method, "seed": seed, "setting": setting, "t": t, "target": row["target"],
+        **{s: row["scores"][s] for s in skills},
+        "retention_mean": sum(ret) / len(ret) if ret else None, "F": row.get("forgetting"), "xfer": row.get("xfer"),
+        "kl_fwd_target": _kl(row, "kl_from_base", "target"), "kl_rev_target": _kl(row, "kl_to_base", "target"),
+        "kl_fwd_retention": _kl(row, "kl_from_base", "retention"),
+        "kl_rev_retention": _kl(row, "kl_to_base", "retention"),
+        "pld": _num((row.get("pld") or {}).get("pld")),
+        **{f"pass@{k}": pak.get(k) for k in ("1", "4", "8")}, **{f"pass@{k}": v for k, v in pak.items()},
+        "sc_acc": row.get("sc_acc"), "answer_entropy": row.get("answer_entropy"),
+    }
+
+
+def sft_curve(cfg: DictConfig) -> list[tuple[int, dict]]:
+    """SFT's checkpoints t = 1..T (``sft.num_checkpoints``) of ``cfg``'s Stage 1, each evaluated like a method."""
+    from tms.pipeline import checkpoint_ref, resolve_base, run_eval, run_sft, stage1_indices, summarize
+
+    base = resolve_base(cfg)
+    sft = run_sft(cfg, base)  # cached: the SFT run of this seed built it
+    T = int(cfg.sft.num_checkpoints)
+    idx = stage1_indices(sft, T, list(range(1, T + 1)))
+    base_res = run_eval(cfg, base, base)
+    out = []
+    for t in range(1, T + 1):
+        ref, _ = checkpoint_ref(sft, base, idx[t])
+        out.append((t, summarize(f"sft_t={t}", run_eval(cfg, ref, base), base_res, cfg)))
+    return out
+
+
+def buffer_rows(cfg: DictConfig, run_dir: Path, seed: int, setting: str, limit: int | None) -> list[dict]:
+    """Buffer diagnostics of a TMS run (its harvest stages) with the student's NLL of each t's samples."""
+    from hydra.utils import instantiate
+
+    from tms.evaluation.buffer_stats import buffer_report
+    from tms.io import read_json
+    from tms.pipeline import model_kwargs
+
+    pipe = read_json(run_dir / "pipeline.json")
+    dirs = {int(k.split("=")[1]): Path(v) for k, v in (pipe["stages"].get("harvest") or {}).items()}
+    report = buffer_report(dirs, pipe["final_model"], instantiate(cfg.data.task), limit=limit,
+                           model_kwargs=model_kwargs(cfg))
+    rows = []
+    for r in report["per_t"]:
+        row = {"seed": seed, "setting": setting, "t": r["t"], "n": r["n"], "accuracy": r["accuracy"],
+               "mean_tokens": r["mean_tokens"], "finished": r.get("finished")}
+        for fmt, share in (r.get("format_share") or {}).items():
+            row[f"share_{fmt}"] = share
+        row["student_pld"] = (r.get("student_pld") or {}).get("pld")
+        rows.append(row)
+    return rows
+
+
+def write_rows(rows: list[dict], path: Path, columns: Sequence[str]) -> None:
+    """CSV with ``columns`` first, then any other key seen (in first-seen order); empty cell = missing."""
+    cols = list(columns) + [k for r in rows for k in r if k not in columns]
+    cols = list(dict.fromkeys(cols))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def world_summary(cfg: DictConfig, base_info: dict | None) -> dict[str, Any]:
+    """What the report says about the toy world (from the config and θ0's manifest)."""
+    b = cfg.model.get("build") or {}
+    return {"model": cfg.model.name, "parameters": (base_info or {}).get("parameters"),
+            "architecture": OmegaConf.to_container(b.get("architecture"), resolve=True) if b else None,
+            "skills": OmegaConf.to_container(b.get("skills"), resolve=True) if b else None,
+            "native": OmegaConf.to_container(b.get("native"), resolve=True) if b else None,
+            "theta0_skill_accuracy": (base_info or {}).get("skill_accuracy"),
+            "target": str(cfg.eval.target), "train_prompts": int(cfg.data.task.get("n_train", 0)),
+            "sft": {"lr": float(cfg.sft.optimizer.lr), "epochs": int(cfg.sft.epochs),
+                    "effective_batch_size": int(cfg.sft.effective_batch_size)}}
+
+
+def reproduce(plan_path: Path, out: Path, md: Path | None, extra: Sequence[str] = (), command: str = "",
+              seeds: Sequence[int] | None = None) -> dict:
+    """Run the plan, write ``<out>/results.csv``, ``<out>/buffer.csv``, ``<out>/meta.json`` and the report.
+
+    ``seeds``: replace the plan's seeds (the ablation seeds are kept only where they are among them)."""
+    from tms.cli import setup
+    from tms.io import read_json, write_json
+    from tms.pipeline import resolve_base, run
+    from tms.validation import validate
+
+    p = OmegaConf.load(plan_path)
+    if seeds is not None:
+        p.seeds = [int(x) for x in seeds]
+        p.ablation_seeds = [int(x) for x in (p.get("ablation_seeds") or []) if int(x) in p.seeds]
+    specs = plan(p)
+    common = [str(o) for o in p.get("common") or []]
+    cfgs = {s: compose(s.all_overrides(common, extra)) for s in specs}
+    for s, cfg in cfgs.items():  # every config checked before any compute
+        try:
+            validate(cfg)
+        except Exception as e:
+            raise type(e)(f"repro run {s.name}: {e}") from e
+    rows: list[dict] = []
+    buf: list[dict] = []
+    timings: dict[str, float] = {}
+    skills: list[str] = []
+    base_info = None
+    for s in specs:
+        cfg = cfgs[s]
+        skills = [str(b) for b in cfg.eval.retention]
+        run_dir = out / "runs" / s.name
+        t0 = time.perf_counter()
+        setup(cfg, run_dir)
+        log.info("repro: %s (%s)", s.name, " ".join(s.all_overrides(common, extra)))
+        res = run(cfg, run_dir, validated=True)
+        if base_info is None:
+            base = resolve_base(cfg)
+            manifest = Path(base.path).parent / "manifest.json"
+            base_info = read_json(manifest).get("info") if manifest.is_file() else None
+        if s.setting == "main" and not any(r["method"] == "base" and r["seed"] == s.seed for r in rows):
+            rows.append(csv_row(res["rows"]["base"], "base", s.seed, "main", skills))
+        rows.append(csv_row(res, s.method, s.seed, s.setting, skills))
+        if s.method == "sft" and s.setting == "main" and p.get("curve", True):
+            rows += [csv_row(r, f"sft_t={t}", s.seed, "main", skills, t=t) for t, r in sft_curve(cfg)]
+        if s.method == "tms" and s.setting == "main" and p.get("buffer", True):
+            buf += buffer_rows(cfg, run_dir, s.seed, s.setting, p.get("buffer_limit"))
+        timings[s.name] = round(time.perf_counter() - t0, 1)
+        write_rows(rows, out / "results.csv", HEAD + skills + TAIL)  # after every run: a crash loses nothing
+        write_rows(buf, out / "buffer.csv", BUFFER_COLUMNS)
+    meta = {"command": command, "plan": str(plan_path), "seeds": [int(x) for x in p.seeds], "overrides": list(extra),
+            "world": world_summary(cfgs[specs[0]], base_info), "timings": timings,
+            "total_seconds": round(sum(timings.values()), 1), "git_commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d")}
+    write_json(out / "meta.json", meta)
+    if md is not None:
+        from tms.repro.report import write_report
+
+        write_report(out / "results.csv", out / "buffer.csv" if buf else None, out, md, meta)
+    return {"rows": rows, "buffer": buf, "meta": meta}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    ap = argparse.ArgumentParser(prog="python repro.py", description=__doc__.split("\n")[0])
+    ap.add_argument("plan", nargs="?", default=str(CONF / "repro" / "toy.yaml"), help="the plan (conf/repro/toy.yaml)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "toy_reproduction"), help="results.csv, buffer.csv, plots")
+    ap.add_argument("--md", default=str(ROOT / "docs" / "toy_reproduction.md"), help="the report ('' = none)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="replace the plan's seeds (e.g. --seeds 0)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    command = " ".join(["python repro.py", *(argv or []), *(["--", *extra] if extra else [])])
+    reproduce(Path(args.plan), Path(args.out), Path(args.md) if args.md else None, extra, command, seeds=args.seeds)
+
+
+if __name__ == "__main__":
+    main()
