@@ -225,7 +225,8 @@ def test_evaluate_buffer_of_writes_buffer_json_and_forward_kl(world, tmp_path):
     target = instantiate(e.benchmarks[e.target])
     pairs = [(target, target.examples(e.split, e.limit)[: e.kl.limit])]
     gen = HFGenerator.from_pretrained(student_dir, batch_size=e.batch_size, device="cpu")
-    helper = suite.kl_from_base(gen, load_model(base_dir), pairs, e.max_new_tokens, int(cfg.seed), n=e.kl.get("n", 1))
+    helper = suite.kl_from_base(gen, load_model(base_dir), pairs, e.max_new_tokens, int(cfg.seed), n=e.kl.get("n", 1),
+                                estimator=str(e.kl.get("estimator", "k1")))
     assert res["kl_from_base"]["target"] == pytest.approx(helper, abs=1e-6)
     from tms.evaluation.table import summary_table
 

@@ -119,7 +119,7 @@ from tms.validation import ConfigError, optimizer_steps, validate
     (["eval.sampling.ks=[16]"], r"^eval.sampling.ks: .*\[1, eval.sampling.n=4\]"),
     (["eval.sampling.temperature=-1"], r"^eval.sampling.temperature"),
     (["eval.sampling.top_p=0"], r"^eval.sampling.top_p"),
-    (["+eval.kl.estimator=k9"], r"^eval.kl.estimator"),
+    (["eval.kl.estimator=k9"], r"^eval.kl.estimator"),
     (["eval.kl.limit=0"], r"^eval.kl.limit"),
     (["eval.benchmarks.sum.skill=nope"], r"^eval.benchmarks.sum: unknown toy skill 'nope'"),
     (["+eval.benchmarks.sum.bogus=1"], r"^eval.benchmarks.sum: .*unexpected keyword argument 'bogus'"),
