@@ -106,7 +106,13 @@ def plot_plane(res, methods: Sequence[str], curve_of: Mapping[int, Any], stats: 
         a.grid(alpha=0.3)
         if a.get_legend_handles_labels()[0]:
             a.legend(fontsize=7, loc="best")
-    fig.suptitle("Target vs retention (upper right is better; above SFT's curve = retention SFT never had there)")
+    _save(fig, path, "Target vs retention (upper right is better; above SFT's curve = retention SFT never had there)")
+
+
+def _save(fig, path: Path, title: str | None = None) -> None:
+    """Title, tight layout, write ``path`` (120 dpi) and free the figure."""
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -151,10 +157,7 @@ def plot_forgetting_vs_kl(res, fits: Mapping[str, Fit], path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle("Forgetting vs drift from θ0 (F ≤ 0; closer to 0 is better)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, "Forgetting vs drift from θ0 (F ≤ 0; closer to 0 is better)")
 
 
 def plot_buffer(buf, path: Path, setting: str | None = None) -> None:
@@ -187,10 +190,7 @@ def plot_buffer(buf, path: Path, setting: str | None = None) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.suptitle(f"Harvest buffer H per checkpoint (setting {setting})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, f"Harvest buffer H per checkpoint (setting {setting})")
 
 
 def plot_T(recs: Sequence[Mapping], path: Path) -> None:
@@ -220,6 +220,4 @@ def plot_T(recs: Sequence[Mapping], path: Path) -> None:
     for a in (ax, ax_g):
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
