@@ -60,6 +60,13 @@ def write_shard(path: Path, rows: dict[str, list]) -> None:
     os.replace(tmp, path)
 
 
+def with_t(table: pa.Table, ts: Iterable[int]) -> pa.Table:
+    """``table`` with its ``t`` column replaced by ``ts`` (one value per row): a stage's rows carry the Stage 1
+    checkpoint index they sampled, a student mixes them under its own t (a T-subset of a shared grid)."""
+    col = table.schema.get_field_index("t")
+    return table.set_column(col, SCHEMA.field("t"), pa.array([int(t) for t in ts], type=SCHEMA.field("t").type))
+
+
 def read_buffer(root: str | Path, ts: Iterable[int] | None = None) -> pa.Table:
     """All rows of the buffer (or of checkpoints ``ts``), sorted by (t, example_id, sample_index)."""
     root = Path(root)

@@ -75,6 +75,10 @@ def check_toy_held_out(cfg: DictConfig) -> None:
     """
     if cfg.model.get("name_or_path") or cfg.model.get("gguf") is not None or cfg.model.get("build") is None:
         return
+    import inspect
+
+    from tms.toy.tasks import ToyTask
+
     build = cfg.model.build
     held, seed = {str(k): int(v) for k, v in (build.get("held_out") or {}).items()}, int(build.seed)
     nodes = [("data.task", cfg.data.task, ("n_test", "n_val", "n_train"))]
@@ -85,8 +89,8 @@ def check_toy_held_out(cfg: DictConfig) -> None:
             continue
         if node.get("skill") not in pretrained:
             continue
-        defaults = {"n_train": 2000, "n_val": 200, "n_test": 200}  # ToyTask's
-        need, skill = sum(int(node.get(p, defaults[p])) for p in parts), str(node.get("skill"))
+        defaults = inspect.signature(ToyTask).parameters  # the sizes a node leaves out
+        need, skill = sum(int(node.get(p, defaults[p].default)) for p in parts), str(node.get("skill"))
         require(need <= held.get(skill, 0), key, f"its {' + '.join(parts)} = {need} prompts of skill {skill!r} exceed "
                 f"model.build.held_out.{skill}={held.get(skill, 0)}, the prompts θ0's pretraining leaves out of that "
                 f"skill's stream: θ0 would have seen some of them. Raise model.build.held_out.{skill} (rebuilds θ0) "

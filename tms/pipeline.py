@@ -256,14 +256,12 @@ def load_buffer(stages: list[Stage], relabel: dict[int, int] | None = None, prom
     """
     import pyarrow as pa
 
-    from tms.buffer import TrajectoryBuffer, read_buffer
+    from tms.buffer import TrajectoryBuffer, read_buffer, with_t
     from tms.harvest import rescore
 
     table = pa.concat_tables([rescore(read_buffer(s.dir), s, task) for s in stages])
     if relabel and any(k != v for k, v in relabel.items()):
-        col = table.schema.get_field_index("t")
-        ts = [relabel.get(int(t), int(t)) for t in table.column("t").to_pylist()]
-        table = table.set_column(col, table.schema.field(col), pa.array(ts, type=table.schema.field(col).type))
+        table = with_t(table, [relabel.get(int(t), int(t)) for t in table.column("t").to_pylist()])
     return TrajectoryBuffer(table, prompt_subset=prompt_subset)
 
 

@@ -126,7 +126,7 @@ def read_buffers(buffer_dirs: Mapping[int, str | Path], task=None) -> pa.Table:
     wins, as in :func:`tms.pipeline.load_buffer`. With ``task``, a stage harvested under another verifier is
     re-scored (:func:`tms.harvest.rescore`).
     """
-    from tms.buffer import SCHEMA, read_buffer
+    from tms.buffer import SCHEMA, read_buffer, with_t
     from tms.harvest import rescore
 
     tables = []
@@ -137,9 +137,7 @@ def read_buffers(buffer_dirs: Mapping[int, str | Path], task=None) -> pa.Table:
             raise FileNotFoundError(f"buffer t={t}: no shards (t=*/shard-*.parquet) in {d}")
         if (d / "manifest.json").is_file():
             table = rescore(table, _StageDir(d), task)
-        col = table.schema.get_field_index("t")
-        table = table.set_column(col, SCHEMA.field("t"), pa.array([int(t)] * table.num_rows, type=pa.int32()))
-        tables.append(table)
+        tables.append(with_t(table, [int(t)] * table.num_rows))
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
 
