@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO, compose
-from tms.repro.run import HEAD, TAIL, plan, reproduce
+from tms.repro.run import HEAD, TAIL, plan, reproduce, schedule
 
 
 def _rows(path):
@@ -46,7 +46,7 @@ def test_smoke_reproduction_writes_consistent_rows_and_the_report(smoke_cache, t
         "curve": True, "buffer": True, "buffer_limit": 16, "ablation_seeds": [0],
         "ablations": {"T=2": ["sft.num_checkpoints=2"]}}), plan_path)
     out, md = tmp_path / "out", tmp_path / "report.md"
-    reproduce(plan_path, out, md, command="python repro.py plan.yaml")
+    reproduce(plan_path, out, md, command="python repro.py plan.yaml", jobs=1)
     rows = _rows(out / "results.csv")
     cols = list(rows[0])
     skills = ["add", "reverse", "max", "sort"]
@@ -82,3 +82,24 @@ def test_smoke_reproduction_writes_consistent_rows_and_the_report(smoke_cache, t
     before = (out / "results.csv").read_text()
     reproduce(plan_path, out, None)
     assert (out / "results.csv").read_text() == before
+    # two runs at once in worker processes (stages from the cache now): the same file, row for row, in plan order
+    reproduce(plan_path, tmp_path / "out2", None, jobs=2)
+    assert (tmp_path / "out2" / "results.csv").read_text() == (out / "results.csv").read_text()
+    assert (tmp_path / "out2" / "buffer.csv").read_text() == (out / "buffer.csv").read_text()
+
+
+def test_schedule_starts_each_seeds_sft_before_what_needs_its_stage_1_and_keeps_every_run_once():
+    runs = plan(OmegaConf.load(REPO / "conf" / "repro" / "toy.yaml"))
+    order = schedule(runs)
+    assert sorted(order, key=runs.index) == runs  # a permutation
+    pos = {r: i for i, r in enumerate(order)}
+    for r in runs:
+        sft = next(x for x in runs if x.method == "sft" and x.setting == "main" and x.seed == r.seed)
+        if r.method in ("tms", "final_sft") or r.setting != "main":
+            assert pos[sft] < pos[r]
+    assert [(r.method, r.seed) for r in order[:3]] == [("sft", 0), ("grpo", 0), ("sft", 1)]  # long RL runs start early
+
+
+def test_jobs_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="jobs"):
+        reproduce(REPO / "conf" / "repro" / "toy.yaml", tmp_path, None, jobs=0)

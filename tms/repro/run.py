@@ -171,65 +171,151 @@ def world_summary(cfg: DictConfig, base_info: dict | None) -> dict[str, Any]:
                     "effective_batch_size": int(cfg.sft.effective_batch_size)}}
 
 
+@dataclass
+class RunOutput:
+    """What one run of the plan adds to the report: its results.csv rows (θ0's first on a main run), buffer rows."""
+
+    rows: list[dict]
+    buffer: list[dict]
+    seconds: float
+    base_info: dict | None
+
+
+def run_one(spec: RunSpec, cfg: DictConfig, out: Path, p: DictConfig, overrides: Sequence[str] = ()) -> RunOutput:
+    """Run ``spec`` (config ``cfg``, already validated) into ``<out>/runs/<name>`` and collect its rows."""
+    from tms.cli import setup
+    from tms.io import read_json
+    from tms.pipeline import resolve_base, run
+
+    skills = [str(b) for b in cfg.eval.retention]
+    run_dir = out / "runs" / spec.name
+    t0 = time.perf_counter()
+    setup(cfg, run_dir)
+    log.info("repro: %s (%s)", spec.name, " ".join(overrides))
+    res = run(cfg, run_dir, validated=True)
+    manifest = Path(resolve_base(cfg).path).parent / "manifest.json"
+    base_info = read_json(manifest).get("info") if manifest.is_file() else None
+    rows = [csv_row(res["rows"]["base"], "base", spec.seed, "main", skills)] if spec.setting == "main" else []
+    rows.append(csv_row(res, spec.method, spec.seed, spec.setting, skills))
+    if spec.method == "sft" and spec.setting == "main" and p.get("curve", True):
+        rows += [csv_row(r, f"sft_t={t}", spec.seed, "main", skills, t=t) for t, r in sft_curve(cfg)]
+    buf = []
+    if spec.method == "tms" and spec.setting == "main" and p.get("buffer", True):
+        buf = buffer_rows(cfg, run_dir, spec.seed, spec.setting, p.get("buffer_limit"))
+    return RunOutput(rows, buf, round(time.perf_counter() - t0, 1), base_info)
+
+
+def schedule(specs: Sequence[RunSpec]) -> list[RunSpec]:
+    """The order the runs are started in when several run at once: what others wait for first.
+
+    Every run needs θ0; SFT-family runs of a seed need its Stage 1 (built by ``sft``) and TMS's harvest
+    (built by ``tms``); RL runs need only θ0 and are the longest. So: each seed's ``sft`` interleaved with the
+    RL runs (long jobs early, nothing waits on them), then each seed's ``tms``, then the rest in plan order.
+    Two runs that need the same unbuilt stage still agree: the second waits for the stage's lock and reuses it.
+    """
+    rl = [s for s in specs if s.method in ("grpo", "reinforce")]
+    sft = [s for s in specs if s.method == "sft" and s.setting == "main"]
+    first: list[RunSpec] = []
+    for i in range(max(len(rl), len(sft))):
+        first += sft[i:i + 1] + rl[i:i + 1]
+    first += [s for s in specs if s.method == "tms" and s.setting == "main"]
+    return first + [s for s in specs if s not in first]
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+
+
+def _run_in_worker(spec: RunSpec, overrides: list[str], out: Path, p: dict) -> RunOutput:
+    return run_one(spec, compose(overrides), out, OmegaConf.create(p), overrides)
+
+
 def reproduce(plan_path: Path, out: Path, md: Path | None, extra: Sequence[str] = (), command: str = "",
-              seeds: Sequence[int] | None = None) -> dict:
+              seeds: Sequence[int] | None = None, jobs: int | None = None) -> dict:
     """Run the plan, write ``<out>/results.csv``, ``<out>/buffer.csv``, ``<out>/meta.json`` and the report.
 
-    ``seeds``: replace the plan's seeds (the ablation seeds are kept only where they are among them)."""
-    from tms.cli import setup
-    from tms.io import read_json, write_json
-    from tms.pipeline import resolve_base, run
+    ``seeds``: replace the plan's seeds (the ablation seeds are kept only where they are among them).
+    ``jobs``: runs at once (default: the plan's ``jobs``, else 1), each in its own process with
+    ``cores // jobs`` torch threads; 1 runs them one after another in this process. The rows do not depend on
+    it: every run has its own seed and the stages are shared through the cache (its locks order the builders);
+    results.csv lists them in plan order whatever order they finish in."""
+    from tms.io import write_json
     from tms.validation import validate
 
     p = OmegaConf.load(plan_path)
     if seeds is not None:
         p.seeds = [int(x) for x in seeds]
         p.ablation_seeds = [int(x) for x in (p.get("ablation_seeds") or []) if int(x) in p.seeds]
+    jobs = int(jobs if jobs is not None else p.get("jobs", 1))
+    if jobs < 1:
+        raise ValueError(f"repro: jobs must be >= 1, got {jobs}")
     specs = plan(p)
     common = [str(o) for o in p.get("common") or []]
-    cfgs = {s: compose(s.all_overrides(common, extra)) for s in specs}
+    overrides = {s: s.all_overrides(common, extra) for s in specs}
+    cfgs = {s: compose(overrides[s]) for s in specs}
     for s, cfg in cfgs.items():  # every config checked before any compute
         try:
             validate(cfg)
         except Exception as e:
             raise type(e)(f"repro run {s.name}: {e}") from e
-    rows: list[dict] = []
-    buf: list[dict] = []
-    timings: dict[str, float] = {}
-    skills: list[str] = []
-    base_info = None
-    for s in specs:
-        cfg = cfgs[s]
-        skills = [str(b) for b in cfg.eval.retention]
-        run_dir = out / "runs" / s.name
-        t0 = time.perf_counter()
-        setup(cfg, run_dir)
-        log.info("repro: %s (%s)", s.name, " ".join(s.all_overrides(common, extra)))
-        res = run(cfg, run_dir, validated=True)
-        if base_info is None:
-            base = resolve_base(cfg)
-            manifest = Path(base.path).parent / "manifest.json"
-            base_info = read_json(manifest).get("info") if manifest.is_file() else None
-        if s.setting == "main" and not any(r["method"] == "base" and r["seed"] == s.seed for r in rows):
-            rows.append(csv_row(res["rows"]["base"], "base", s.seed, "main", skills))
-        rows.append(csv_row(res, s.method, s.seed, s.setting, skills))
-        if s.method == "sft" and s.setting == "main" and p.get("curve", True):
-            rows += [csv_row(r, f"sft_t={t}", s.seed, "main", skills, t=t) for t, r in sft_curve(cfg)]
-        if s.method == "tms" and s.setting == "main" and p.get("buffer", True):
-            buf += buffer_rows(cfg, run_dir, s.seed, s.setting, p.get("buffer_limit"))
-        timings[s.name] = round(time.perf_counter() - t0, 1)
-        write_rows(rows, out / "results.csv", HEAD + skills + TAIL)  # after every run: a crash loses nothing
-        write_rows(buf, out / "buffer.csv", BUFFER_COLUMNS)
+    skills = [str(b) for b in cfgs[specs[0]].eval.retention]
+    done: dict[RunSpec, RunOutput] = {}
+
+    def rows() -> list[dict]:  # plan order; θ0's row once per seed, before the seed's first run
+        out_rows, seen = [], set()
+        for r in (r for spec in specs if spec in done for r in done[spec].rows):
+            if r["method"] == "base" and r["seed"] in seen:
+                continue
+            if r["method"] == "base":
+                seen.add(r["seed"])
+            out_rows.append(r)
+        return out_rows
+
+    def record(s: RunSpec, o: RunOutput) -> None:  # after every run: a crash loses nothing
+        done[s] = o
+        write_rows(rows(), out / "results.csv", HEAD + skills + TAIL)
+        write_rows([b for spec in specs if spec in done for b in done[spec].buffer], out / "buffer.csv", BUFFER_COLUMNS)
+
+    started = time.perf_counter()
+    if jobs == 1:
+        for s in specs:
+            record(s, run_one(s, cfgs[s], out, p, overrides[s]))
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+        import os
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        log.info("repro: %d runs, %d at once, %d torch thread(s) each", len(specs), jobs, threads)
+        plain = OmegaConf.to_container(p, resolve=True)
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                    initargs=(threads,)) as pool:
+            futures = {pool.submit(_run_in_worker, s, overrides[s], out, plain): s for s in schedule(specs)}
+            for f in cf.as_completed(futures):
+                s = futures[f]
+                try:
+                    record(s, f.result())
+                except Exception as e:
+                    for other in futures:
+                        other.cancel()
+                    raise RuntimeError(f"repro run {s.name} failed: {e}") from e
+    wall = round(time.perf_counter() - started, 1)
+    timings = {s.name: done[s].seconds for s in specs}
+    base_info = next((done[s].base_info for s in specs if done[s].base_info), None)
     meta = {"command": command, "plan": str(plan_path), "seeds": [int(x) for x in p.seeds], "overrides": list(extra),
-            "world": world_summary(cfgs[specs[0]], base_info), "timings": timings,
-            "total_seconds": round(sum(timings.values()), 1), "git_commit": git_commit(),
+            "world": world_summary(cfgs[specs[0]], base_info), "jobs": jobs, "timings": timings,
+            "total_seconds": round(sum(timings.values()), 1), "wall_seconds": wall, "git_commit": git_commit(),
             "date": time.strftime("%Y-%m-%d")}
     write_json(out / "meta.json", meta)
+    buf = [b for s in specs for b in done[s].buffer]
     if md is not None:
         from tms.repro.report import write_report
 
         write_report(out / "results.csv", out / "buffer.csv" if buf else None, out, md, meta)
-    return {"rows": rows, "buffer": buf, "meta": meta}
+    return {"rows": rows(), "buffer": buf, "meta": meta}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -245,10 +331,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "toy_reproduction"), help="results.csv, buffer.csv, plots")
     ap.add_argument("--md", default=str(ROOT / "docs" / "toy_reproduction.md"), help="the report ('' = none)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="replace the plan's seeds (e.g. --seeds 0)")
+    ap.add_argument("--jobs", type=int, default=None, help="runs at once, one process each (default: the plan's jobs)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     command = " ".join(["python repro.py", *(argv or []), *(["--", *extra] if extra else [])])
-    reproduce(Path(args.plan), Path(args.out), Path(args.md) if args.md else None, extra, command, seeds=args.seeds)
+    reproduce(Path(args.plan), Path(args.out), Path(args.md) if args.md else None, extra, command, seeds=args.seeds,
+              jobs=args.jobs)
 
 
 if __name__ == "__main__":
