@@ -12,7 +12,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from tms.evaluation.run import run_evaluation
+from tms.cli.evaluate import run_evaluation
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -5,7 +5,7 @@ Runs (or reuses) Stage 1 SFT and samples k completions per training prompt at ea
 import hydra
 from omegaconf import DictConfig
 
-from tms.cli import run_harvest_only
+from tms.cli.harvest import run_harvest_only
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="harvest")

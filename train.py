@@ -7,12 +7,13 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from tms.cli import run_training
+from tms.cli.train import objective, run_training
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    run_training(cfg)
+def main(cfg: DictConfig) -> float | None:
+    """Returns ``objective.metric`` of the run (None unless set): what a Hydra sweeper such as Optuna optimises."""
+    return objective(cfg, run_training(cfg))
 
 
 if __name__ == "__main__":

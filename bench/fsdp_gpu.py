@@ -7,7 +7,7 @@
 A Qwen2.5-shaped model with random weights is built from its architecture config (no download) and saved
 once as an HF directory; each trainer config (``conf/trainer/<name>.yaml``, composed as the pipeline would)
 then trains :class:`tms.methods.sft.SFTModule` on random token sequences through
-:func:`tms.training.build_trainer` (same strategy, precision, clipping and accumulation code as a real
+:func:`tms.training.loop.build_trainer` (same strategy, precision, clipping and accumulation code as a real
 stage), and exports the consolidated HF checkpoint with ``export_hf`` at the end (checking that it reloads
 and that its loss on a fixed batch matches the trained model's). Printed per trainer: peak GPU memory,
 steady-state tokens/s (steps after the first 3), the loss of the first and last step, the export time, and
@@ -88,9 +88,9 @@ def run_one(args: argparse.Namespace) -> dict:
     from omegaconf import OmegaConf
     from torch.utils.data import DataLoader
 
-    from tms import distributed
+    from tms.core import distributed
     from tms.methods.sft import SFTModule
-    from tms.training import build_trainer
+    from tms.training.loop import build_trainer
 
     model_dir = Path(args.model_dir)
     cfg = compose([f"trainer={args.trainer}", f"model.name_or_path={model_dir}", "model.dtype=bfloat16",
@@ -156,7 +156,7 @@ def main() -> None:
     model_dir = Path(tempfile.gettempdir()) / f"tms-bench-{args.shape}"
     save_model(args.shape, model_dir)
     rows = []
-    # several GPUs: torchrun starts the ranks (tms.distributed.session joins them)
+    # several GPUs: torchrun starts the ranks (tms.core.distributed.session joins them)
     launcher = [sys.executable] if args.devices == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                            f"--nproc-per-node={args.devices}"]
     for name in args.trainers.split(","):

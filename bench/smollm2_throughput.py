@@ -20,8 +20,8 @@ from tms.data.formatting import collate_right_padded, completion_ids, prompt_ids
 from tms.data.tasks.countdown import CountdownTask
 from tms.generation.base import SamplingParams
 from tms.generation.hf import HFGenerator
-from tms.losses import masked_nll
-from tms.models import load_model, load_tokenizer
+from tms.objectives.nll import masked_nll
+from tms.models.loading import load_model, load_tokenizer
 
 
 def load(path: str, random_init: bool, device: str):

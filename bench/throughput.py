@@ -52,7 +52,7 @@ def sync(device: str) -> None:
 
 
 def train_tokens_per_s(model, batch: int, length: int, steps: int, device: str, autocast: bool) -> float:
-    from tms.losses import masked_nll
+    from tms.objectives.nll import masked_nll
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     vocab = model.config.vocab_size

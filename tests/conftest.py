@@ -41,7 +41,7 @@ def compose(overrides=(), config_name="train"):
 @pytest.fixture(scope="session")
 def smoke_cache(tmp_path_factory):
     """A stage cache holding the smoke toy world's θ0 (built once per test session)."""
-    from tms.pipeline import resolve_base
+    from tms.stages.base_model import resolve_base
 
     cache = tmp_path_factory.mktemp("tms_cache")
     cfg = compose(["experiment=smoke", f"cache_dir={cache}"])
@@ -52,6 +52,6 @@ def smoke_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_base(smoke_cache):
     """Path of the smoke θ0 (a saved HF directory)."""
-    from tms.pipeline import resolve_base
+    from tms.stages.base_model import resolve_base
 
     return resolve_base(compose(["experiment=smoke", f"cache_dir={smoke_cache}"])).path

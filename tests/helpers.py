@@ -1,6 +1,7 @@
 """Assertions shared by several test files."""
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 
 from tests.conftest import compose
 from tms.data.datamodule import EpochSampler
-from tms.validation import ConfigError
+from tms.core.errors import ConfigError
 
 
 def assert_epoch_split_covers_every_example_once(n: int, world: int, seed: int = 3, epoch: int = 1) -> None:
@@ -46,3 +47,18 @@ def invalid(tmp_path: Path, overrides, match: str, cache: Path | None = None, ba
     assert listing(cache) == before, "an invalid run must write nothing"
     assert not (tmp_path / "run").exists()
     return str(err.value)
+
+
+def rl_config(**overrides):
+    """An :class:`~tms.methods.rl_config.RLConfig` with the defaults of conf/method/grpo.yaml (their one home) and
+    ``overrides``."""
+    from tms.methods.rl_config import RLConfig
+
+    return RLConfig.from_config({**_grpo_rl_block(), **overrides})
+
+
+@functools.lru_cache(maxsize=1)
+def _grpo_rl_block() -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose(["method=grpo"]).rl, resolve=True)

@@ -2,7 +2,7 @@
 
 Used by tests/test_objective.py in-process (one process) and through ``torchrun`` (2 processes, DDP over gloo;
 ``python tests/objective_runs.py '<json args>'``). The update of a step must not depend on how the step's
-examples are split into micro-batches and ranks (:func:`tms.losses.step_token_mean`, the RL module's global
+examples are split into micro-batches and ranks (:func:`tms.objectives.nll.step_token_mean`, the RL module's global
 token count), so every layout of the same global batch must end at the same weights.
 
 Ragged on purpose: the references are 1 to ~60 tokens long, so per-micro-batch (or per-rank) token means
@@ -78,12 +78,12 @@ def run(base: str, mode: str, batch: int, acc: int, steps: int = 1, old_objectiv
     import lightning as L
 
     from tms.data.datamodule import PostTrainDataModule
-    from tms.losses import masked_nll
+    from tms.objectives.nll import masked_nll
     from tms.methods.rl import RLModule
-    from tms.methods.rl_config import RLConfig
+    from tests.helpers import rl_config
     from tms.methods.sft import SFTModule
-    from tms.models import load_tokenizer
-    from tms.rl_rewards import VerifierReward
+    from tms.models.loading import load_tokenizer
+    from tms.methods.rewards import VerifierReward
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tok = load_tokenizer(base)
@@ -102,7 +102,7 @@ def run(base: str, mode: str, batch: int, acc: int, steps: int = 1, old_objectiv
 
         rl_module.HFGenerator = ScriptedGenerator
         module = RLModule(base, optimizer=sgd, reward_fn=VerifierReward(binary=False),
-                          rl=RLConfig(num_generations=4, micro_batch_size=acc, max_new_tokens=40, baseline="group"),
+                          rl=rl_config(num_generations=4, micro_batch_size=acc, max_new_tokens=40, baseline="group"),
                           seed=0, **kwargs)
         dm = PostTrainDataModule(RaggedTask(), batch_size=batch, max_length=96, seed=0, mode="prompts").connect(tok)
         accumulate = 1

@@ -1,7 +1,7 @@
 """The stage cache knows the code, verifies what it reuses, repairs harvest shards and is listed / collected.
 
 The smoke TMS pipeline is built once (``built``); each test works on a copy of that cache. A code
-change is simulated by changing one file's digest in :mod:`tms.code_identity` (the digests of the
+change is simulated by changing one file's digest in :mod:`tms.core.code_identity` (the digests of the
 real files are computed once per process, so edits of other files by other people do not leak in);
 ``test_identity_hashes_the_bytes_of_the_files`` edits a real copy of the package instead.
 """
@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import compose
-from tms import code_identity
-from tms.buffer import read_buffer
-from tms.cache import Stage, StageCorrupt, cli, verify
-from tms.io import read_json
+from tms.core import code_identity
+from tms.data.buffer import read_buffer
+from tms.core.cache import Stage, StageCorrupt, cli, verify
+from tms.core.io import read_json
 
 KINDS = ("base", "sft", "student", "harvest", "rl", "eval", "gguf")
 
@@ -71,20 +71,21 @@ def moved(cache, built) -> dict:
 
 # -- (a) the cache knows the code --------------------------------------------------------------------
 def test_editing_a_verifier_rebuilds_exactly_the_evaluation_and_rl_stages(built, tmp_path, monkeypatch, caplog):
-    from tms.methods.rl_stage import rl_key
-    from tms.pipeline import ModelRef, stage
+    from tms.stages.rl import rl_key
+    from tms.core.keys import stage
+    from tms.stages.common import ModelRef
 
     cache = copy_of(built, tmp_path)
     rl_cfg = compose(["experiment=smoke", f"cache_dir={cache}", "method=grpo"])
     base = ModelRef(built.pipe["stages"]["base"], {"stage": "base/x"})
     before = {k: code_identity.identity(k) for k in KINDS}
     rl_before = stage(rl_cfg, "rl", rl_key(rl_cfg, base))
-    edit(monkeypatch, "rewards.py")
+    edit(monkeypatch, "data/tasks/verify.py")
     assert {k for k in KINDS if code_identity.identity(k) != before[k]} == {"rl", "eval"}
     rl_after = stage(rl_cfg, "rl", rl_key(rl_cfg, base))
     assert rl_after.hash != rl_before.hash and rl_after.config_hash == rl_before.config_hash
 
-    caplog.set_level(logging.INFO, logger="tms.cache")
+    caplog.set_level(logging.INFO, logger="tms.core.cache")
     results = run_pipeline(cache, tmp_path / "run")
     stages = relative(read_json(tmp_path / "run" / "pipeline.json")["stages"], cache)
     for name in ("base", "sft", "student", "harvest"):  # reused: the very same directories
@@ -95,8 +96,8 @@ def test_editing_a_verifier_rebuilds_exactly_the_evaluation_and_rl_stages(built,
     config = {read_json(cache / "eval" / h / "manifest.json")["config_hash"] for h in new - old}
     assert config == {read_json(cache / "eval" / h / "manifest.json")["config_hash"] for h in old}
     said = [r.getMessage() for r in caplog.records if "same config but was built by other code" in r.getMessage()]
-    assert len(said) == 3 and all("changed: tms/rewards.py" in m and str(cache / "eval") in m for m in said)
-    assert results["rows"] == built.results["rows"]  # the toy does not use rewards.py: the same numbers
+    assert len(said) == 3 and all("changed: tms/data/tasks/verify.py" in m and str(cache / "eval") in m for m in said)
+    assert results["rows"] == built.results["rows"]  # the toy does not use verify.py: the same numbers
 
 
 def test_identity_hashes_the_bytes_of_the_files(tmp_path, monkeypatch):
@@ -106,34 +107,34 @@ def test_identity_hashes_the_bytes_of_the_files(tmp_path, monkeypatch):
     monkeypatch.setattr(code_identity, "_digest", functools.lru_cache(None)(code_identity._digest.__wrapped__))
     base = {k: code_identity.identity(k) for k in KINDS}
     assert base == {k: code_identity.identity(k) for k in KINDS}  # deterministic
-    text = (copy / "rewards.py").read_text()
+    text = (copy / "data/tasks/verify.py").read_text()
 
     def changed_after(rel, new_text):
         (copy / rel).write_text(new_text)
         code_identity.clear_cache()  # digests are computed once per process
         return {k for k in KINDS if code_identity.identity(k) != base[k]}
 
-    assert changed_after("rewards.py", text.replace("def countdown_verify(", "def countdown_verify(  ", 1)) == {"rl", "eval"}
+    assert changed_after("data/tasks/verify.py", text.replace("def countdown_verify(", "def countdown_verify(  ", 1)) == {"rl", "eval"}
     gold = text.replace("return text[match.end() : i].strip()", "return text[match.end() : i].strip()  # gold", 1)
-    assert changed_after("rewards.py", gold) == set(KINDS) - {"gguf"}  # last_boxed decides which MATH examples exist
-    assert changed_after("rewards.py", text) == set()
-    assert changed_after("losses.py", (copy / "losses.py").read_text() + "\n") == set(KINDS)
+    assert changed_after("data/tasks/verify.py", gold) == set(KINDS) - {"gguf"}  # last_boxed decides which MATH examples exist
+    assert changed_after("data/tasks/verify.py", text) == set()
+    assert changed_after("objectives/nll.py", (copy / "objectives/nll.py").read_text() + "\n") == set(KINDS)
     files = code_identity.files("sft")
-    assert files == sorted(files) and "rewards.py" not in files and "losses.py" in files
+    assert files == sorted(files) and "data/tasks/verify.py" not in files and "objectives/nll.py" in files
     assert all(not f.startswith("/") for f in files)
 
 
 def test_cache_reuse_warn_reuses_stages_built_by_other_code(built, tmp_path, monkeypatch, caplog):
     cache = copy_of(built, tmp_path)
-    edit(monkeypatch, "losses.py")  # every kind's code changes
-    caplog.set_level(logging.INFO, logger="tms.cache")
+    edit(monkeypatch, "objectives/nll.py")  # every kind's code changes
+    caplog.set_level(logging.INFO, logger="tms.core.cache")
     results = run_pipeline(cache, tmp_path / "run", "cache_reuse=warn")
     assert stage_dirs(cache) == stage_dirs(built.cache)  # nothing rebuilt
     stages = read_json(tmp_path / "run" / "pipeline.json")["stages"]
     assert relative(stages, cache) == relative(built.pipe["stages"], built.cache)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "cache_reuse=warn" in r.getMessage()]
     for kind in ("base", "sft", "harvest", "student", "eval"):
-        assert any(m.startswith(f"{kind}: ") and str(cache / kind) in m and "changed: tms/losses.py" in m
+        assert any(m.startswith(f"{kind}: ") and str(cache / kind) in m and "changed: tms/objectives/nll.py" in m
                    for m in warned), kind
     assert results["rows"] == built.results["rows"]
     with pytest.raises(ValueError, match="cache_reuse='sometimes'"):
@@ -142,7 +143,7 @@ def test_cache_reuse_warn_reuses_stages_built_by_other_code(built, tmp_path, mon
 
 def test_the_manifest_records_the_config_and_the_code_part(built):
     m = read_json(Path(built.pipe["stages"]["sft"]) / "manifest.json")
-    from tms.cache import config_hash
+    from tms.core.cache import config_hash
 
     assert m["config_hash"] == config_hash(m["key"]) and m["hash"] == config_hash({"config": m["key"], "code": m["code"]})
     assert m["code"] == code_identity.identity("sft") and m["code_files"] == code_identity.file_digests("sft")
@@ -168,7 +169,7 @@ def test_a_damaged_harvest_shard_is_regenerated_alone(built, tmp_path, caplog, d
     else:  # same size, other bytes
         shard.write_bytes(data[:100] + bytes(b ^ 0xFF for b in data[100:110]) + data[110:])
     student_finished = read_json(cache / "student" / Path(built.pipe["stages"]["student"]).name / "manifest.json")["finished"]
-    caplog.set_level(logging.INFO, logger="tms.cache")
+    caplog.set_level(logging.INFO, logger="tms.core.cache")
     results = run_pipeline(cache, tmp_path / "run")
     assert stage_dirs(cache) == stage_dirs(built.cache)  # the same stages, repaired in place
     assert read_buffer(hdir).equals(original)  # row for row, every column
@@ -217,7 +218,7 @@ def test_unrepairable_damage_names_the_file_and_the_rebuild_command(built, tmp_p
     with pytest.raises(StageCorrupt) as err:
         run_pipeline(cache, tmp_path / "run")
     message = str(err.value)
-    command = f"python -m tms.cache rm {kind}/{sdir.name} --cache-dir {cache}"
+    command = f"python -m tms.core.cache rm {kind}/{sdir.name} --cache-dir {cache}"
     assert str(named) in message and command in message and f"rm -rf {sdir}" in message, message
     assert cli.main(["verify", "--cache-dir", str(cache), "--full"]) == 1
     assert cli.main(command.split()[3:]) == 0 and not sdir.exists()  # the command the error names ...
@@ -227,7 +228,7 @@ def test_unrepairable_damage_names_the_file_and_the_rebuild_command(built, tmp_p
 
 
 def test_a_truncated_json_file_is_named(tmp_path):
-    from tms.io import CorruptJSON, write_json
+    from tms.core.io import CorruptJSON, write_json
 
     write_json(tmp_path / "a.json", {"k": list(range(50))})
     (tmp_path / "a.json").write_text((tmp_path / "a.json").read_text()[:40])
@@ -236,7 +237,7 @@ def test_a_truncated_json_file_is_named(tmp_path):
 
 
 def test_verification_cost_on_the_toy(built):
-    """Checking every stage of a TMS run before reuse: ~ms (see tms/cache/verify.py for the choice)."""
+    """Checking every stage of a TMS run before reuse: ~ms (see tms/core/cache/verify.py for the choice)."""
     stages = [p for k in built.cache.iterdir() if k.is_dir() for p in k.iterdir() if p.is_dir()]
     manifests = [read_json(p / "manifest.json")["files"] for p in stages]
     cost = {}
@@ -259,14 +260,14 @@ def test_a_prompt_subset_is_the_only_way_to_train_unharvested_examples_on_refere
     assert read_buffer(pipe["stages"]["harvest"]["t=1"]).num_rows == 32
 
 
-# -- python -m tms.cache ls / gc ---------------------------------------------------------------------
+# -- python -m tms.core.cache ls / gc ---------------------------------------------------------------------
 def test_ls_and_gc_list_and_remove_exactly_what_they_should(built, tmp_path, monkeypatch, capsys):
     cache = copy_of(built, tmp_path)
     runs = tmp_path / "runs"
     pj = runs / "2025-01-01" / "12-00-00_tms" / "pipeline.json"
     pj.parent.mkdir(parents=True)
     pj.write_text((built.run / "pipeline.json").read_text().replace(str(built.cache), str(cache)))
-    edit(monkeypatch, "harvest.py")  # new harvests, hence a new student and its evaluation
+    edit(monkeypatch, "generation/harvest.py")  # new harvests, hence a new student and its evaluation
     run_pipeline(cache, tmp_path / "run2")
     new = read_json(tmp_path / "run2" / "pipeline.json")["stages"]
     old = read_json(pj)["stages"]
@@ -349,11 +350,11 @@ def test_every_module_a_stage_imports_is_hashed_or_declared_unhashed():
         allowed = code_identity.NOT_HASHED + code_identity.NOT_FOLLOWED.get(kind, ()) + code_identity.VERIFIERS
         loose = {(f, i) for f in files if ":" not in f for i in imports(f)
                  if i not in hashed and not any(fnmatch.fnmatch(i, p) for p in allowed)}
-        assert not loose, f"{kind}: imported but neither hashed nor declared unhashed in tms/code_identity.py: {loose}"
+        assert not loose, f"{kind}: imported but neither hashed nor declared unhashed in tms/core/code_identity.py: {loose}"
 
 
 def test_a_correct_only_student_keys_on_the_verifier_and_rescores_a_stale_harvest(built, monkeypatch):
-    from tms.harvest import rescore
+    from tms.generation.harvest import rescore
 
     class Task:
         def examples(self, split):
@@ -367,7 +368,7 @@ def test_a_correct_only_student_keys_on_the_verifier_and_rescores_a_stale_harves
     table = read_buffer(harvest.dir)
     assert rescore(table, harvest, Task()) is table and rescore(table, harvest, None) is table  # same verifier
     plain, verified = (Stage(built.cache, "student", {"k": 1}, extra=e) for e in ((), ("verifiers",)))
-    edit(monkeypatch, "rewards.py")
+    edit(monkeypatch, "data/tasks/verify.py")
     assert rescore(table, harvest, Task()).column("score").to_pylist() == [0.5] * table.num_rows
     assert rescore(table, harvest, None) is table
     assert Stage(built.cache, "student", {"k": 1}).hash == plain.hash  # a plain student does not use the scores

@@ -1,7 +1,7 @@
 """The T trajectory checkpoints are equally spaced and end at the last step."""
 import pytest
 
-from tms.callbacks import checkpoint_steps
+from tms.training.callbacks import checkpoint_steps
 
 
 @pytest.mark.parametrize("N,T", [(10, 10), (100, 10), (25, 10), (7, 3), (1000, 12), (13, 1), (37, 8), (6, 4)])

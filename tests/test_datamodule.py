@@ -1,11 +1,10 @@
 """The shared data module: seeded epoch order across ranks, fresh targets per epoch, validation references."""
 import pytest
-import torch
 
 from tests.helpers import assert_epoch_split_covers_every_example_once
 from tms.data.datamodule import EpochSampler, PostTrainDataModule
 from tms.data.sources import ReferenceSource
-from tms.losses import IGNORE_INDEX
+from tms.objectives.nll import IGNORE_INDEX
 from tms.toy.tasks import ToyTask
 
 
@@ -23,7 +22,7 @@ def test_order_is_seeded_and_changes_with_the_epoch():
 
 
 def test_batches_mask_prompts_and_use_val_references(smoke_base):
-    from tms.models import load_tokenizer
+    from tms.models.loading import load_tokenizer
 
     tok = load_tokenizer(smoke_base)
     task = ToyTask("sum", n_train=20, n_val=6, n_test=0)
@@ -41,7 +40,7 @@ def test_batches_mask_prompts_and_use_val_references(smoke_base):
 
 
 def test_long_prompts_are_dropped_with_a_warning_and_all_dropped_is_an_error(smoke_base, caplog):
-    from tms.models import load_tokenizer
+    from tms.models.loading import load_tokenizer
 
     tok = load_tokenizer(smoke_base)
     task = ToyTask("sum", n_train=20, n_val=0, n_test=0)

@@ -1,4 +1,4 @@
-"""The rank-aware stage machinery (tms.distributed + tms.cache) with two real gloo processes, and the data split.
+"""The rank-aware stage machinery (tms.core.distributed + tms.core.cache) with two real gloo processes, and the data split.
 
 Fast: the processes only run stages with tiny bodies (no training). The full 2-process training runs are in
 test_multiprocess_training.py (slow).
@@ -10,7 +10,7 @@ import time
 import pytest
 import torch.multiprocessing as mp
 
-from tms.cache import Stage
+from tms.core.cache import Stage
 
 
 def _worker(rank: int, port: int, cache: str, out: str) -> None:
@@ -19,7 +19,7 @@ def _worker(rank: int, port: int, cache: str, out: str) -> None:
                       WORLD_SIZE="2")
     from omegaconf import OmegaConf
 
-    from tms import distributed
+    from tms.core import distributed
 
     calls: list[str] = []
     record: dict = {}
@@ -108,7 +108,7 @@ def test_multi_process_trainer_needs_a_session(tmp_path):
 
 
 def test_child_command_keeps_config_args_only():
-    from tms.distributed import config_args
+    from tms.core.distributed import config_args
 
     argv = ["-m", "hparams=alpha", "--config-name", "harvest", "-cd=/x", "trainer=ddp"]
     assert config_args(argv) == ["--config-name", "harvest", "-cd=/x"]

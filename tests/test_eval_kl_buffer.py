@@ -8,10 +8,10 @@ import torch
 
 from tests.conftest import compose
 from tests.test_evaluation import MAX_NEW, eval_cfg, examples, slow_token_logprobs
-from tms.buffer import SCHEMA, read_buffer, shard_path, write_shard
+from tms.data.buffer import SCHEMA, read_buffer, shard_path, write_shard
 from tms.evaluation import buffer_stats as B
 from tms.evaluation import suite
-from tms.io import read_json, write_json
+from tms.core.io import read_json, write_json
 
 
 def f32(values):
@@ -27,7 +27,7 @@ def world(tmp_path_factory):
     KL directions are far apart. ``world[1]``: both reloaded in float64, and the tokenizer."""
     from omegaconf import OmegaConf
 
-    from tms.models import load_model, load_tokenizer, save_pretrained
+    from tms.models.loading import load_model, load_tokenizer, save_pretrained
     from tms.toy.tokenizer import build_and_save
     from tms.toy.world import init_model, tokenizer_corpus
 
@@ -86,7 +86,7 @@ def test_forward_kl_is_the_kl_of_theta0_samples_computed_token_by_token(models):
 
 def test_forward_kl_of_theta0_against_itself_is_exactly_zero(world):
     from tms.generation.hf import HFGenerator
-    from tms.models import load_model
+    from tms.models.loading import load_model
 
     base = world[0]["base"]
     gen = HFGenerator.from_pretrained(base, batch_size=4, device="cpu")
@@ -191,9 +191,9 @@ def test_evaluate_buffer_of_writes_buffer_json_and_forward_kl(world, tmp_path):
     the diagnostics and the student's NLL per t, and results.json with kl_from_base (0 for θ0, as the helper)."""
     from hydra.utils import instantiate
 
-    from tms.evaluation.run import evaluate
+    from tms.cli.evaluate import evaluate
     from tms.generation.hf import HFGenerator
-    from tms.models import load_model
+    from tms.models.loading import load_model
 
     base_dir, student_dir = world[0]["base"], world[0]["other"]
     cfg0 = eval_cfg(tmp_path / "cache", f"model.name_or_path={base_dir}")

@@ -10,7 +10,7 @@ import yaml
 from tests.conftest import compose
 from tms.evaluation import suite
 from tms.evaluation.suite import relative_metrics
-from tms.io import read_json, write_json
+from tms.core.io import read_json, write_json
 
 MAX_NEW = 12
 RESULT_KEYS = ("scores", "target", "xfer", "retention", "forgetting", "deltas", "kl_to_base", "pld", "pass_at_k",
@@ -33,7 +33,7 @@ def tiny_base(tmp_path_factory):
     """
     from omegaconf import OmegaConf
 
-    from tms.models import save_pretrained
+    from tms.models.loading import save_pretrained
     from tms.toy.tokenizer import build_and_save
     from tms.toy.world import init_model, tokenizer_corpus
 
@@ -48,8 +48,8 @@ def tiny_base(tmp_path_factory):
 def stepped(tiny_base, tmp_path_factory):
     """θ0 after one AdamW step on the NLL of a few target references, saved as an HF directory."""
     from tms.data.formatting import collate_right_padded, completion_ids, prompt_ids
-    from tms.losses import masked_nll
-    from tms.models import load_model, load_tokenizer, save_pretrained
+    from tms.objectives.nll import masked_nll
+    from tms.models.loading import load_model, load_tokenizer, save_pretrained
     from tms.toy.tasks import ToyTask
 
     tok = load_tokenizer(tiny_base)
@@ -75,7 +75,7 @@ def generator(path):
 
 
 def test_kl_to_base_is_exactly_zero_for_base_itself(tiny_base):
-    from tms.models import load_model
+    from tms.models.loading import load_model
 
     gen = generator(tiny_base)
     res = suite.kl_to_base(gen, load_model(tiny_base, dtype="float32"), examples(), MAX_NEW, seed=0, n=2)
@@ -111,7 +111,7 @@ def slow_token_logprobs(model, prompt, tokens):
 
 
 def test_kl_to_base_positive_after_a_step_and_matches_a_slow_token_loop(tiny_base, stepped):
-    from tms.models import load_model
+    from tms.models.loading import load_model
 
     base = load_model(tiny_base, dtype="float32").eval()
     gen = generator(stepped)
@@ -144,7 +144,7 @@ def eval_cfg(cache, *overrides):
 @pytest.fixture(scope="module")
 def eval_run(tiny_base, stepped, tmp_path_factory):
     """evaluate.py's config composed with checkpoints_of = a T=1 "SFT" whose checkpoint is the stepped model."""
-    from tms.evaluation.run import evaluate
+    from tms.cli.evaluate import evaluate
 
     ckpts = tmp_path_factory.mktemp("sft") / "checkpoints"
     ckpts.mkdir()
@@ -159,7 +159,7 @@ def eval_run(tiny_base, stepped, tmp_path_factory):
 
 
 def test_evaluate_writes_results_with_every_key(eval_run, tmp_path):
-    from tms.evaluation.run import evaluate
+    from tms.cli.evaluate import evaluate
 
     cfg, run_dir = eval_run
     res = read_json(run_dir / "results.json")
@@ -330,7 +330,7 @@ def test_report_table_and_plots_from_run_dirs(tmp_path):
 
 def test_report_on_real_evaluate_runs(eval_run, tmp_path):
     from tms.evaluation.report import report
-    from tms.evaluation.run import evaluate
+    from tms.cli.evaluate import evaluate
 
     cfg, run_dir = eval_run
     evaluate(eval_cfg(cfg.cache_dir, f"model.name_or_path={cfg.model.name_or_path}"), tmp_path / "base")
@@ -348,8 +348,8 @@ def test_report_on_real_evaluate_runs(eval_run, tmp_path):
 def test_paper_suites_compose_and_build_their_tasks(suite_name):
     from hydra.utils import instantiate
 
-    from tms.evaluation.run import check_suite
-    from tms.validation import ConfigError
+    from tms.config.eval import check_suite
+    from tms.core.errors import ConfigError
 
     for data in ("math500", "math", "gsm8k", "countdown"):
         cfg = compose([f"eval={suite_name}", f"data={data}"], config_name="eval")

@@ -2,11 +2,11 @@
 import torch
 
 from tms.data.formatting import collate_right_padded, completion_ids, join_and_truncate, prompt_ids
-from tms.losses import IGNORE_INDEX, masked_nll
+from tms.objectives.nll import IGNORE_INDEX, masked_nll
 
 
 def test_prompt_and_completion_ids_follow_the_chat_template(smoke_base):
-    from tms.models import load_tokenizer
+    from tms.models.loading import load_tokenizer
 
     tok = load_tokenizer(smoke_base)
     p = prompt_ids(tok, [{"role": "system", "content": "be brief"}, {"role": "user", "content": "add 1 2"}])

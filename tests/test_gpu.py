@@ -5,14 +5,14 @@ import math
 import pytest
 
 from tests.conftest import compose
-from tms.io import read_json
+from tms.core.io import read_json
 
 pytestmark = pytest.mark.gpu
 
 
 def toy_prompts(tokenizer_path: str, n: int = 32):
     from tms.data.formatting import prompt_ids
-    from tms.models import load_tokenizer
+    from tms.models.loading import load_tokenizer
     from tms.toy.tasks import ToyTask
 
     task = ToyTask("sum", n_train=n, n_val=0, n_test=0, seed=0)
@@ -22,7 +22,7 @@ def toy_prompts(tokenizer_path: str, n: int = 32):
 
 
 def test_smoke_sft_trains_in_bf16_on_one_gpu(smoke_cache, tmp_path):
-    from tms.models import load_model
+    from tms.models.loading import load_model
     from tms.pipeline import run
 
     cfg = compose(["experiment=smoke", "method=sft", "trainer=gpu", f"cache_dir={smoke_cache}"])
@@ -49,10 +49,10 @@ def test_hf_generation_on_cuda_is_seeded(smoke_base):
 
 def test_vllm_harvest_writes_the_hf_buffer_schema(smoke_base, tmp_path):
     pytest.importorskip("vllm")
-    from tms.buffer import read_buffer
+    from tms.data.buffer import read_buffer
     from tms.generation.base import SamplingParams
     from tms.generation.factory import make_generator
-    from tms.harvest import check_complete, harvest_checkpoint
+    from tms.generation.harvest import check_complete, harvest_checkpoint
 
     task, examples, prompts = toy_prompts(smoke_base)
     sampling = SamplingParams(temperature=1.0, max_new_tokens=16)

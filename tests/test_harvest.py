@@ -1,11 +1,11 @@
 """Harvest: shard layout, resume without duplicates or gaps, determinism from the seed."""
 import pytest
 
-from tms.buffer import read_buffer, shard_plan
+from tms.data.buffer import read_buffer, shard_plan
 from tms.data.formatting import prompt_ids
 from tms.generation.base import Completion, SamplingParams
 from tms.generation.hf import HFGenerator
-from tms.harvest import check_complete, harvest_checkpoint
+from tms.generation.harvest import check_complete, harvest_checkpoint
 from tms.toy.tasks import ToyTask
 
 

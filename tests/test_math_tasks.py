@@ -228,7 +228,7 @@ def test_teacher_completions(tmp_path):
 
 
 # -- final answer of a math solution --------------------------------------------------------------
-# Rule (tms.rewards.final_math_answer): the last \boxed{...}, else the last `#### N` line, else the last
+# Rule (tms.data.tasks.verify.final_math_answer): the last \boxed{...}, else the last `#### N` line, else the last
 # "answer is ...", else the last number. Fixtures: tests/gsm8k_problems.py, in GSM8K's own schema.
 @pytest.fixture(scope="module")
 def gsm8k_task(tmp_path_factory) -> GSM8KTask:

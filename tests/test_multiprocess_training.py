@@ -3,7 +3,7 @@
 The comparison: the same global batch (2 ranks × 8 = 1 × 16 examples, the same examples per step: the epoch's
 permutation is strided over the ranks) and the held-out PLD (eq. 4.2: the validation NLL of the references,
 summed over both ranks' halves of the validation set) at each of the T checkpoints. Tolerance: relative 1e-4.
-The objective is the same (the token mean of the whole step over both ranks, tms.losses.step_token_mean; exact
+The objective is the same (the token mean of the whole step over both ranks, tms.objectives.nll.step_token_mean; exact
 layout invariance is tested in float64 in tests/test_objective.py) but the runs are not bit-identical in float32:
 reductions sum in another order. Weights are not compared against the single
 run (Adam turns those tiny gradient differences into O(lr) updates of near-zero-gradient coordinates) but DDP
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tms.io import read_json
+from tms.core.io import read_json
 
 # ~15 s per test on 2 cores: part of the default suite (the issue asks for slow only over a minute)
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def check_written_once(run_dir: Path) -> Path:
 @pytest.mark.parametrize("trainer,batch", [("ddp_cpu", 8), ("fsdp2_cpu", 8), ("ddp_cpu", 4)])
 def test_two_processes_match_one(single, smoke_cache, tmp_path, trainer, batch):
     """2 ranks x ``batch`` x accumulation 16 / (2 x batch) = the single run's 16 examples per optimiser step."""
-    from tms.models import load_model
+    from tms.models.loading import load_model
 
     run = train(smoke_cache, tmp_path / "run", "method=sft", f"trainer={trainer}", f"model.batch_size={batch}")
     stage = check_written_once(run)
@@ -80,9 +80,10 @@ def test_two_processes_match_one(single, smoke_cache, tmp_path, trainer, batch):
 def test_two_process_tms_pipeline(smoke_cache, smoke_base, tmp_path):
     """method=tms on 2 ranks: data-parallel harvest (the same rows a single process writes), rank-0 evaluation."""
     from tests.conftest import compose
-    from tms.buffer import read_buffer
-    from tms.cache import Stage
-    from tms.pipeline import ModelRef, run_harvest
+    from tms.data.buffer import read_buffer
+    from tms.core.cache import Stage
+    from tms.stages.common import ModelRef
+    from tms.stages.harvest import run_harvest
 
     run = train(smoke_cache, tmp_path / "run", "trainer=ddp_cpu", "model.batch_size=8")
     pipe = read_json(run / "pipeline.json")

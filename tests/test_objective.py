@@ -17,7 +17,7 @@ import torch
 
 from tests.conftest import REPO
 from tests.objective_runs import run
-from tms.losses import IGNORE_INDEX, masked_nll, masked_nll_sum, step_token_mean
+from tms.objectives.nll import IGNORE_INDEX, masked_nll, masked_nll_sum, step_token_mean
 from tms.data.windows import with_window_tokens
 
 TOL = 1e-10
@@ -95,7 +95,7 @@ def torchrun(base: str, out, **args) -> dict:
 
 @pytest.fixture(scope="module")
 def base_state(smoke_base):
-    from tms.models import load_model
+    from tms.models.loading import load_model
 
     return {k: v.double() for k, v in load_model(smoke_base, dtype="float64").state_dict().items()}
 

@@ -1,11 +1,11 @@
-"""``tms.optim.cosine_with_warmup`` against its formula, stepped through a real optimiser."""
+"""``tms.training.optim.cosine_with_warmup`` against its formula, stepped through a real optimiser."""
 import math
 from fractions import Fraction
 
 import pytest
 import torch
 
-from tms.optim import cosine_with_warmup
+from tms.training.optim import cosine_with_warmup
 
 
 def expected_factor(s: int, n: int, warmup_ratio: float, floor: float) -> float:

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from tests.conftest import compose
-from tms.buffer import read_buffer
-from tms.io import read_json
+from tms.data.buffer import read_buffer
+from tms.core.io import read_json
 
 
 def run_pipeline(cache, run_dir, *overrides):
@@ -16,7 +16,7 @@ def run_pipeline(cache, run_dir, *overrides):
 
 
 def test_sft_method_saves_T_loadable_checkpoints(smoke_cache, tmp_path):
-    from tms.models import load_model, load_tokenizer
+    from tms.models.loading import load_model, load_tokenizer
 
     cfg, res = run_pipeline(smoke_cache, tmp_path, "method=sft", "sft.num_checkpoints=4")
     ckpts = tmp_path / "checkpoints"

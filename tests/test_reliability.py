@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO, compose
 from tests.helpers import invalid
-from tms.cache import Stage
+from tms.core.cache import Stage
 from tms.methods.sft import SFTModule
-from tms.validation import ConfigError
+from tms.core.errors import ConfigError
 
 TOY_FLAGS = ["experiment=smoke", "trainer.checkpoint_every_n_steps=1"]
 
@@ -65,13 +65,13 @@ class Probe(SFTModule):
 
 
 def train_sft(base: str, out: Path, *, epochs: int = 2, acc: int = 2, seed: int = 0, **probe):
-    """Stage-1-style training of the smoke θ0 (with dropout, so the RNG state matters) through tms.training.fit."""
+    """Stage-1-style training of the smoke θ0 (with dropout, so the RNG state matters) through tms.training.loop.fit."""
     from hydra.utils import instantiate
 
     from tms.data.datamodule import PostTrainDataModule
     from tms.data.sources import ReferenceSource
-    from tms.models import load_tokenizer
-    from tms.training import fit
+    from tms.models.loading import load_tokenizer
+    from tms.training.loop import fit
 
     cfg = compose([*TOY_FLAGS, f"sft.epochs={epochs}", f"sft.accumulate_grad_batches={acc}", f"seed={seed}"])
     tok = load_tokenizer(base)
@@ -173,7 +173,7 @@ def test_a_failed_stage_is_not_published_and_the_rerun_resumes_from_partial(tmp_
 
 
 def test_checkpoint_write_errors_surface_and_keep_the_previous_checkpoint(tmp_path, monkeypatch):
-    from tms.resume import AtomicCheckpointIO
+    from tms.training.resume import AtomicCheckpointIO
 
     io, path = AtomicCheckpointIO(), tmp_path / "lightning" / "last.ckpt"
     io.save_checkpoint({"step": 1}, path)
@@ -190,7 +190,7 @@ def test_checkpoint_write_errors_surface_and_keep_the_previous_checkpoint(tmp_pa
 
 
 def test_json_write_errors_surface(tmp_path, monkeypatch):
-    from tms.io import write_json
+    from tms.core.io import write_json
 
     write_json(tmp_path / "a.json", {"v": 1})
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
@@ -309,8 +309,8 @@ def test_remote_code_in_a_model_directory_runs_only_when_asked(smoke_base, tmp_p
 
     from tms.generation.factory import make_generator
     from tms.generation.hf import HFGenerator
-    from tms.models import load_model, load_tokenizer
-    from tms.pipeline import model_kwargs
+    from tms.models.loading import load_model, load_tokenizer
+    from tms.stages.common import model_kwargs
 
     monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # where transformers copies the code
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -337,10 +337,10 @@ def test_credentials_are_never_written(tmp_path, monkeypatch):
     """Manifests, JSON outputs, the config dump and the W&B logger config hold no credential."""
     from omegaconf import OmegaConf
 
-    from tms import cli
-    from tms.io import write_json
-    from tms.training import build_logger
-    from tms.validation import validate
+    from tms.cli import common as cli
+    from tms.core.io import write_json
+    from tms.training.loop import build_logger
+    from tms.config.validate import validate
 
     monkeypatch.setenv("WANDB_API_KEY", SENTINEL)
     monkeypatch.setenv("HF_TOKEN", SENTINEL[::-1])
@@ -387,7 +387,7 @@ PIPELINE = ["experiment=smoke", "trainer.checkpoint_every_n_steps=1", "sft.epoch
 
 def pipeline_outputs(run_dir: Path) -> dict:
     """What a pipeline run produced: buffer rows, the student's mixture counts and weights, SFT weights."""
-    from tms.buffer import read_buffer
+    from tms.data.buffer import read_buffer
 
     pipe = json.loads((run_dir / "pipeline.json").read_text())
     rows = [r for d in pipe["stages"]["harvest"].values() for r in read_buffer(d).to_pylist()]

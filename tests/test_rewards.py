@@ -1,9 +1,9 @@
-"""Verifiers in tms.rewards: answer extraction, Countdown, math-verify, exact match."""
+"""Verifiers in tms.data.tasks.verify: answer extraction, Countdown, math-verify, exact match."""
 import threading
 
 import pytest
 
-from tms.rewards import (
+from tms.data.tasks.verify import (
     FinalAnswer,
     canonical_math_answer,
     countdown_verify,

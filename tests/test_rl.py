@@ -10,10 +10,12 @@ import torch
 
 from tests.conftest import compose
 from tms.data.tasks.base import Example, Task
-from tms.io import read_json
+from tms.core.io import read_json
 from tms.methods.rl import RLModule, Rollout
-from tms.methods.rl_config import ConfigError, RLConfig, reward_summary
-from tms.rl_rewards import CombinedReward, FormatReward, VerifierReward
+from tests.helpers import rl_config
+from tms.core.errors import ConfigError
+from tms.methods.rl_config import reward_summary
+from tms.methods.rewards import CombinedReward, FormatReward, VerifierReward
 from tms.toy.tasks import ToyTask
 
 
@@ -64,27 +66,39 @@ def test_verifier_and_format_rewards_by_hand():
 def test_reward_is_a_hydra_target():
     from hydra.utils import instantiate
 
-    node = {"_target_": "tms.rl_rewards.CombinedReward", "weights": {"format": 0.5},
-            "terms": {"correct": {"_target_": "tms.rl_rewards.VerifierReward"},
-                      "format": {"_target_": "tms.rl_rewards.FormatReward"}}}
+    node = {"_target_": "tms.methods.rewards.CombinedReward", "weights": {"format": 0.5},
+            "terms": {"correct": {"_target_": "tms.methods.rewards.VerifierReward"},
+                      "format": {"_target_": "tms.methods.rewards.FormatReward"}}}
     reward = instantiate(node)
     ex = Example(id="x", prompt="sum 1 2 3", reference="", answer="6")
     assert reward(["answer 6", "answer 7"], [ex, ex], ToyTask("sum", 1, 0, 0)) == [1.5, 0.5]
 
 
+def test_rl_defaults_live_only_in_the_method_config():
+    """RLConfig is the schema without defaults: an rl block missing a key is refused, naming it."""
+    import dataclasses
+
+    from tms.methods.rl_config import RLConfig
+
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(RLConfig))
+    block = rl_config().__dict__
+    with pytest.raises(ConfigError, match=r"^rl.beta: missing .*conf/method/grpo.yaml"):
+        RLConfig.from_config({k: v for k, v in block.items() if k != "beta"})
+
+
 def test_rl_config_validates_and_names_the_key():
     with pytest.raises(ConfigError, match="rl.baseline"):
-        RLConfig(baseline="ppo")
+        rl_config(baseline="ppo")
     with pytest.raises(ConfigError, match="rl.num_generations"):
-        RLConfig(baseline="group", num_generations=1)
-    RLConfig(baseline="ema", num_generations=1)  # REINFORCE needs no group
+        rl_config(baseline="group", num_generations=1)
+    rl_config(baseline="ema", num_generations=1)  # REINFORCE needs no group
     with pytest.raises(ConfigError, match="rl.loss_aggregation"):
-        RLConfig(loss_aggregation="sum")
+        rl_config(loss_aggregation="sum")
     assert reward_summary([0.0] * 8 + [1.0, 1.0]) == {"rollouts": 10, "fraction": 0.2, "first_mean": 0.0, "last_mean": 1.0}
 
 
 def test_rl_learning_rate_defaults_to_a_fraction_of_the_sft_lr():
-    from tms.methods.rl_stage import rl_learning_rate
+    from tms.methods.rl_config import rl_learning_rate
 
     cfg = compose(["method=grpo", "sft.optimizer.lr=2e-5"])
     assert rl_learning_rate(cfg) == pytest.approx(0.1 * 2e-5)
@@ -96,7 +110,7 @@ def test_rl_learning_rate_defaults_to_a_fraction_of_the_sft_lr():
 
 def test_prompt_mode_yields_each_index_once_per_epoch_repeated(smoke_base):
     from tms.data.datamodule import EpochSampler, PostTrainDataModule
-    from tms.models import load_tokenizer
+    from tms.models.loading import load_tokenizer
 
     dm = PostTrainDataModule(ToyTask("sum", n_train=10, n_val=0, n_test=0), batch_size=4, max_length=64, seed=3,
                              mode="prompts", batch_repeats=2).connect(load_tokenizer(smoke_base))
@@ -113,7 +127,7 @@ def test_prompt_mode_yields_each_index_once_per_epoch_repeated(smoke_base):
 def _module(path="unused", **rl):
     rl = {"num_generations": 4, "max_new_tokens": 8, **rl}
     return RLModule(path, optimizer=functools.partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.0), reward_fn=lengths_reward,
-                    rl=RLConfig(**rl), seed=0)
+                    rl=rl_config(**rl), seed=0)
 
 
 def test_ema_baseline_is_carried_across_steps_and_checkpointed():
@@ -152,7 +166,7 @@ def _roundtrip(obj):
 
 def fit_steps(module, base, steps, prompts_per_step=4, callbacks=()):
     from tms.data.datamodule import PostTrainDataModule
-    from tms.models import load_tokenizer
+    from tms.models.loading import load_tokenizer
 
     dm = PostTrainDataModule(ToyTask("sum", n_train=16, n_val=0, n_test=0), batch_size=prompts_per_step,
                              max_length=64, mode="prompts", batch_repeats=module.rl.num_iterations)
@@ -168,7 +182,7 @@ def fit_steps(module, base, steps, prompts_per_step=4, callbacks=()):
                                 dict(baseline="leave_one_out", num_iterations=2, loss_aggregation="sequence_mean")],
                          ids=["grpo", "reinforce-kl", "rloo-mu2"])
 def test_one_step_changes_every_trainable_parameter(smoke_base, rl):
-    from tms.models import load_model
+    from tms.models.loading import load_model
 
     before = {n: p.detach().clone() for n, p in load_model(smoke_base, dtype="float32").named_parameters()}
     module = _module(smoke_base, **rl)
@@ -188,7 +202,7 @@ def test_micro_batching_does_not_change_the_update(smoke_base, aggregation):
     updates = []
     for micro in (64, 3):
         module = RLModule(smoke_base, optimizer=functools.partial(torch.optim.SGD, lr=1.0), reward_fn=lengths_reward,
-                          rl=RLConfig(num_generations=4, max_new_tokens=8, micro_batch_size=micro,
+                          rl=rl_config(num_generations=4, max_new_tokens=8, micro_batch_size=micro,
                                       loss_aggregation=aggregation, gradient_clip_val=None), seed=0)
         fit_steps(module, smoke_base, steps=1)
         updates.append({n: p.detach().clone() for n, p in module.model.named_parameters()})
@@ -221,7 +235,7 @@ def test_logged_kl_matches_a_slow_reference_after_the_policy_moved(smoke_base, m
     """REINFORCE with β > 0 for 3 steps: the k3 KL to θ0 that each step logs (and returns), against the slow
     reference on that step's rollout with the weights the step started from. Step 1 starts at θ0 (KL 0); after
     the first update the policy has moved and the KL is positive."""
-    from tms.models import load_model
+    from tms.models.loading import load_model
 
     starts, batches, returned, logged = [], [], [], []
     policy_step = RLModule.policy_step
@@ -264,12 +278,14 @@ def _metrics(stage_dir):
 
 @pytest.mark.parametrize("method,overrides", [
     ("grpo", ["rl.beta=0.04"]),
-    ("reinforce", ["rl.reward._target_=tms.rl_rewards.FormatReward", "~rl.reward.threshold"]),
+    ("reinforce", ["rl.reward._target_=tms.methods.rewards.FormatReward", "~rl.reward.threshold"]),
 ])
 def test_rl_method_runs_in_process_and_saves_a_model(smoke_cache, tmp_path, method, overrides):
     """GRPO through the whole pipeline (``python train.py method=grpo``), REINFORCE through its stage only."""
-    from tms.models import load_model
-    from tms.pipeline import final_checkpoint, resolve_base, run
+    from tms.models.loading import load_model
+    from tms.pipeline import run
+    from tms.stages.base_model import resolve_base
+    from tms.stages.common import final_checkpoint
 
     cfg = compose(["experiment=smoke", f"method={method}", f"cache_dir={smoke_cache}", "rl.max_steps=3",
                    "rl.num_generations=4", "rl.prompts_per_step=8", "trainer.log_every_n_steps=1", *overrides])
@@ -279,7 +295,7 @@ def test_rl_method_runs_in_process_and_saves_a_model(smoke_cache, tmp_path, meth
         stage_dir = tmp_path.joinpath(read_json(tmp_path / "pipeline.json")["stages"]["rl"]).resolve()
         model_dir = (tmp_path / "model").resolve()
     else:
-        from tms.methods.rl import run_rl
+        from tms.stages.rl import run_rl
 
         stage = run_rl(cfg, resolve_base(cfg))
         stage_dir, model_dir = stage.dir, Path(final_checkpoint(stage).path)
@@ -301,8 +317,8 @@ def test_rl_method_runs_in_process_and_saves_a_model(smoke_cache, tmp_path, meth
 
 
 def test_vllm_sync_is_refused_with_the_option_name(smoke_cache):
-    from tms.methods.rl_stage import run_rl
-    from tms.pipeline import resolve_base
+    from tms.stages.rl import run_rl
+    from tms.stages.base_model import resolve_base
 
     cfg = compose(["experiment=smoke", "method=grpo", f"cache_dir={smoke_cache}", "rl.vllm_sync=true"])
     with pytest.raises(NotImplementedError, match="rl.vllm_sync"):
@@ -316,13 +332,13 @@ def test_rl_killed_mid_training_resumes_to_the_same_model(smoke_base, tmp_path, 
     from safetensors.torch import load_file
 
     from tms.methods.rl import RLModule
-    from tms.methods.rl_stage import run_rl
-    from tms.pipeline import ModelRef, final_checkpoint
+    from tms.stages.rl import run_rl
+    from tms.stages.common import ModelRef, final_checkpoint
 
     base = ModelRef(smoke_base, {"path": "smoke"})
     common = ["experiment=smoke", "method=reinforce", "rl.max_steps=4", "rl.num_generations=4", "rl.prompts_per_step=8",
               "trainer.checkpoint_every_n_steps=1", "trainer.log_every_n_steps=1",
-              "rl.reward._target_=tms.rl_rewards.FormatReward", "~rl.reward.threshold"]  # non-zero rewards: real updates
+              "rl.reward._target_=tms.methods.rewards.FormatReward", "~rl.reward.threshold"]  # non-zero rewards: real updates
     full_cfg = compose([*common, f"cache_dir={tmp_path / 'full'}"])
     full = run_rl(full_cfg, base)
 

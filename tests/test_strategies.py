@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tests.conftest import compose
-from tms.pipeline import plain
-from tms.strategies import FSDP, FSDP2, build_strategy
+from tms.core.keys import plain
+from tms.models.strategies import FSDP, FSDP2, build_strategy
 
 QWEN25_3B = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 2048,
              "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2,
@@ -56,7 +56,7 @@ def test_fsdp_finds_the_llama_layer_and_defers_when_the_config_is_unavailable(tm
 def test_other_trainers_build(name, cls):
     from lightning.pytorch.strategies import DDPStrategy
 
-    from tms.training import world_size
+    from tms.core.distributed import world_size
 
     cfg = compose([f"trainer={name}", "model=tiny"])
     strategy = build_strategy(plain(cfg.trainer.strategy))
@@ -74,7 +74,7 @@ def tiny_qwen(tie: bool = True):
 
 
 def test_tied_aliases_and_activation_checkpointing_keep_the_gradients():
-    from tms.strategies import apply_activation_checkpointing, tied_aliases
+    from tms.models.strategies import apply_activation_checkpointing, tied_aliases
     from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
     assert tied_aliases(tiny_qwen(tie=True)) == {"lm_head.weight"} and tied_aliases(tiny_qwen(tie=False)) == set()
@@ -99,7 +99,7 @@ def test_fsdp2_shards_each_layer_and_exports_the_full_model(tmp_path):
     from torch.distributed.fsdp import FSDPModule
     from transformers import AutoModelForCausalLM
 
-    from tms.strategies import full_state_dict
+    from tms.models.strategies import full_state_dict
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:

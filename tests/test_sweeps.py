@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, compose
-from tms.io import read_json
+from tms.core.io import read_json
 
 
 def sweep_params(preset: str) -> dict:
@@ -32,7 +32,7 @@ def test_presets_sweep_the_papers_values():
 
 
 def test_T_grid_is_the_union_of_the_equally_spaced_grids():
-    from tms.callbacks import checkpoint_steps, grid_steps
+    from tms.training.callbacks import checkpoint_steps, grid_steps
 
     steps = grid_steps(78, [2, 4, 6, 8, 10, 12])  # Countdown: 10K / 256 x 2 epochs = 78 optimiser steps
     assert len(steps) == 24 and steps[-1] == 78
@@ -45,7 +45,8 @@ def test_a_T_subset_of_the_shared_stage1_is_the_stage1_of_that_T(smoke_cache):
     bit for bit, and is shared by T=2 and T=3 (one key)."""
     from safetensors.torch import load_file
 
-    from tms.pipeline import resolve_base, run_sft, sft_key, stage1_indices
+    from tms.stages.base_model import resolve_base
+    from tms.stages.sft import run_sft, sft_key, stage1_indices
 
     grid3 = compose(["experiment=smoke", f"cache_dir={smoke_cache}", "+sft.grid=[2,3]", "sft.num_checkpoints=3"])
     grid2 = compose(["experiment=smoke", f"cache_dir={smoke_cache}", "+sft.grid=[2,3]", "sft.num_checkpoints=2"])
@@ -65,9 +66,9 @@ def test_a_T_subset_of_the_shared_stage1_is_the_stage1_of_that_T(smoke_cache):
 
 
 def test_buffer_relabel_maps_stage1_indices_to_the_students_t(tmp_path):
-    from tms.buffer import shard_path, write_shard
-    from tms.cache import Stage
-    from tms.pipeline import load_buffer
+    from tms.data.buffer import shard_path, write_shard
+    from tms.core.cache import Stage
+    from tms.stages.harvest import load_buffer
 
     stages = []
     for t in (3, 4):

@@ -2,7 +2,7 @@
 import torch
 
 from tests.conftest import compose
-from tms.models import check_model_source, load_model, load_tokenizer
+from tms.models.loading import check_model_source, load_model, load_tokenizer
 from tms.toy.tasks import ToyTask
 
 
@@ -45,7 +45,7 @@ def test_saved_base_loads_through_the_hub_id_code_path(smoke_base):
 
 
 def test_save_and_reload_round_trip_gives_identical_logits(smoke_base, tmp_path):
-    from tms.models import save_pretrained
+    from tms.models.loading import save_pretrained
 
     tok, model = load_tokenizer(smoke_base), load_model(smoke_base, dtype="float32")
     save_pretrained(model, tok, tmp_path / "copy")
@@ -81,7 +81,7 @@ def test_base_stage_records_its_build(smoke_cache, smoke_base):
 
     from omegaconf import OmegaConf
 
-    from tms.io import read_json
+    from tms.core.io import read_json
 
     build = OmegaConf.to_container(compose(["experiment=smoke"]).model.build, resolve=True)
     manifests = list((smoke_cache / "base").glob("*/manifest.json"))

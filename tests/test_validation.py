@@ -1,5 +1,5 @@
 """Invalid configurations fail before any compute (before θ0 is built or loaded), in seconds, with a
-:class:`~tms.validation.ConfigError` naming the key, and leave no stage directory in the cache."""
+:class:`~tms.core.errors.ConfigError` naming the key, and leave no stage directory in the cache."""
 from __future__ import annotations
 
 import logging
@@ -7,14 +7,15 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, compose
 from tests.helpers import invalid, listing
-from tms.training import RESERVED_TRAINER_KEYS
-from tms.validation import ConfigError, optimizer_steps, validate
+from tms.training.loop import RESERVED_TRAINER_KEYS
+from tms.config.validate import validate
+from tms.core.checks import optimizer_steps
+from tms.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -38,6 +39,13 @@ from tms.validation import ConfigError, optimizer_steps, validate
     (["data.max_length=256"], r"^data.max_length: 256 is longer than the model's context of 128"),
     (["data.max_length=8"], r"^data.max_length: 8 leaves no room .*at least 12 tokens"),  # before θ0: a lower bound
     (["seed=-1"], r"^seed"),
+    (["objective.floor=high"], r"^objective.floor"),
+    (["objective.metric=''"], r"^objective.metric: must be null or a key of results.json"),
+    (["+objective.direction=max"], r"^objective.direction: unknown key"),
+    (["trainer._target_=collections.OrderedDict"], r"^trainer._target_: .* is not lightning.pytorch.Trainer"),
+    (["trainer._target_=no.such.Trainer"], r"^trainer._target_: cannot import"),
+    (["trainer._partial_=false"], r"^trainer._partial_: must be true"),
+    (["+callbacks.bad._target_=no.such.Callback"], r"^callbacks.bad._target_: cannot import"),
     (["method.kind=magic"], r"^method.kind"),
     # -- sft: the loop, the optimiser, the scheduler (and the toy θ0's pretraining, same checks)
     (["sft.epochs=-1"], r"^sft.epochs: must be an integer >= 1"),
@@ -145,7 +153,7 @@ from tms.validation import ConfigError, optimizer_steps, validate
     (["method=grpo", "sft.optimizer.lr=-0.001"], r"^sft.optimizer.lr"),  # RL's lr = rl.lr_scale x this
     (["method=grpo", "rl.backend=vllm"], r"^rl.backend: 'vllm' is not implemented"),
     (["method=grpo", "rl.vllm_sync=true"], r"^rl.vllm_sync"),
-    (["method=grpo", "rl.reward._target_=tms.rl_rewards.Nope"], r"^rl.reward._target_: cannot import"),
+    (["method=grpo", "rl.reward._target_=tms.methods.rewards.Nope"], r"^rl.reward._target_: cannot import"),
     (["method=grpo", "+rl.reward.bogus=1"], r"^rl.reward: .*unexpected keyword argument 'bogus'"),
     (["method=grpo", "+trainer.max_steps=3"], r"^trainer.max_steps: set by tms; .*rl.max_steps"),
     # -- credentials
@@ -169,7 +177,7 @@ def test_build_trainer_sets_exactly_the_reserved_keys_and_refuses_them(tmp_path)
     import lightning as L
     from omegaconf import OmegaConf
 
-    from tms.training import TMS_TRAINER_KEYS, build_trainer
+    from tms.training.loop import TMS_TRAINER_KEYS, build_trainer
 
     cfg = compose(["experiment=smoke"])
     trainer = build_trainer(cfg.trainer, cfg.sft, tmp_path, [], False)
@@ -200,8 +208,8 @@ def test_prompt_plus_new_tokens_longer_than_the_context(smoke_cache, tmp_path):
 
 def test_toy_prompt_lengths_before_theta0_bound_the_tokenizer_from_below(smoke_base):
     from tms.data.formatting import prompt_ids
-    from tms.input_checks import toy_prompt_lengths
-    from tms.models import load_tokenizer
+    from tms.config.inputs import toy_prompt_lengths
+    from tms.models.loading import load_tokenizer
     from tms.toy.tasks import ToyTask
 
     tok = load_tokenizer(smoke_base)
@@ -260,3 +268,38 @@ def test_optimizer_steps_counts_epochs_accumulation_and_ranks():
 ])
 def test_the_default_configs_are_valid(overrides):
     validate(compose(overrides))
+
+
+def test_the_trainer_node_is_a_partial_lightning_trainer_with_overridable_defaults(tmp_path):
+    """trainer._target_ / _partial_ (lightning-hydra-template style): tms's defaults in the base file can be
+    overridden, a Trainer subclass can be named, and the callbacks group adds callbacks to tms's own."""
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from tms.training.loop import build_trainer
+
+    cfg = compose(["experiment=smoke", "trainer.enable_model_summary=true", "callbacks=lr_monitor"])
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer" and cfg.trainer._partial_ is True
+    validate(cfg)
+    trainer = build_trainer(cfg.trainer, cfg.sft, tmp_path, [], False, cfg.callbacks)
+    summary = L.pytorch.callbacks.ModelSummary  # what enable_model_summary=true adds
+    assert isinstance(trainer, L.Trainer) and any(isinstance(c, summary) for c in trainer.callbacks)
+    assert any(isinstance(c, L.pytorch.callbacks.LearningRateMonitor) for c in trainer.callbacks)
+    default = build_trainer(compose(["experiment=smoke"]).trainer, cfg.sft, tmp_path, [], False)
+    assert not any(isinstance(c, summary) for c in default.callbacks)
+    assert not any(isinstance(c, L.pytorch.callbacks.LearningRateMonitor) for c in default.callbacks)
+
+    class MyTrainer(L.Trainer):
+        pass
+
+    sub = OmegaConf.create({**OmegaConf.to_container(cfg.trainer), "_target_": f"{__name__}.MyTrainer"})
+    globals()["MyTrainer"] = MyTrainer
+    assert type(build_trainer(sub, cfg.sft, tmp_path, [], False)) is MyTrainer
+
+
+def test_user_callbacks_enter_the_training_stage_keys():
+    from tms.stages.common import train_key
+
+    plain = train_key(compose(["experiment=smoke"]))
+    assert "callbacks" not in plain  # the default (no callbacks) keeps the key as it was
+    assert train_key(compose(["experiment=smoke", "callbacks=lr_monitor"]))["callbacks"]["lr_monitor"]["_target_"]

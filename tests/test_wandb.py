@@ -7,8 +7,9 @@ from tests.conftest import compose
 def test_wandb_offline_run_matches_csv_and_leaks_nothing(smoke_cache, tmp_path, monkeypatch):
     from lightning.pytorch.loggers import WandbLogger
 
-    from tms.pipeline import resolve_base, run_sft
-    from tms.tracking import prepare_logger
+    from tms.stages.base_model import resolve_base
+    from tms.stages.sft import run_sft
+    from tms.core.tracking import prepare_logger
 
     secret, marker = "wandb-secret-0123456789abcdef", "env-marker-5417-zyx"
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -31,7 +32,7 @@ def test_wandb_offline_run_matches_csv_and_leaks_nothing(smoke_cache, tmp_path, 
     run_sft(cfg, resolve_base(cfg))
     import wandb
 
-    assert wandb.run is None  # the stage's run ended with the stage (tms.tracking.WandbLogger.finalize)
+    assert wandb.run is None  # the stage's run ended with the stage (tms.core.tracking.WandbLogger.finalize)
 
     header = set((csv.dir / "logs" / "metrics.csv").read_text().splitlines()[0].split(","))
     assert {"train/loss", "train/lr", "val/pld", "train/tokens_per_s"} <= seen
@@ -51,7 +52,7 @@ def test_wandb_offline_run_matches_csv_and_leaks_nothing(smoke_cache, tmp_path, 
 def test_sweep_group_is_the_multirun_directory(monkeypatch):
     from hydra.types import RunMode
 
-    from tms import tracking
+    from tms.core import tracking
 
     class HC:
         mode = RunMode.MULTIRUN

@@ -17,14 +17,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "conf" / "experiment" / "paper"
 
-# conf/model name: (paper name, lr, BS/dev, grad. acc. on 8 GPUs (Table 4), vLLM TP (Table 5))
-MODELS = {
-    "llama3.2-1b": ("LLaMA-3.2-1B", "1e-4", 4, 8, 8),
-    "qwen2.5-1.5b": ("Qwen-2.5-1.5B", "1e-4", 4, 8, 4),
-    "qwen2.5-3b": ("Qwen-2.5-3B", "2e-5", 2, 16, 8),
-    "qwen2.5-7b": ("Qwen-2.5-7B", "5e-6", 1, 32, 4),
-    "llama3.1-8b": ("LLaMA-3.1-8B", "5e-6", 1, 32, 8),
-}
+
+
+def paper_models() -> dict[str, tuple[str, str, int, int, int]]:
+    """conf/model name -> (paper name, lr, BS/dev, grad. acc. on 8 GPUs, vLLM TP), read from every ``conf/model/*.yaml``
+    with a ``paper:`` block: Table 4's lr, batch per device and effective batch live only there (the grad. acc. is
+    derived from them as on 8 GPUs), Table 5's tensor-parallel size in ``paper.harvest_tensor_parallel``."""
+    from omegaconf import OmegaConf
+
+    found = []
+    for path in sorted((ROOT / "conf" / "model").glob("*.yaml")):
+        m = OmegaConf.load(path)
+        if m.get("paper") is None:
+            continue
+        acc = int(m.effective_batch_size) // (int(m.batch_size) * 8)
+        lr = f"{float(m.lr):.0e}".replace("e-0", "e-")
+        found.append((int(m.paper.row), str(m.name), (str(m.paper.name), lr, int(m.batch_size), acc,
+                                                      int(m.paper.harvest_tensor_parallel))))
+    return {name: row for _, name, row in sorted(found)}
+
+
+MODELS = paper_models()
 TARGETS = {"math500": "MATH-500", "math": "MATH", "gsm8k": "GSM8K", "countdown": "Countdown"}
 METHODS = {
     "sft": "standard SFT on the references",

@@ -8,7 +8,7 @@ always uses the references of the held-out split: its NLL is the paper's PLD est
 
 Data order is a seeded permutation per epoch, sharded over ranks (see :class:`EpochSampler`). Training
 batches carry the completion-token count of their optimiser step (:mod:`tms.data.windows`), which the
-token-mean objective of the whole step needs (:func:`tms.losses.step_token_mean`).
+token-mean objective of the whole step needs (:func:`tms.objectives.nll.step_token_mean`).
 The trainer must run with ``reload_dataloaders_every_n_epochs=1`` (fresh targets each epoch) and
 ``use_distributed_sampler=False`` (the sampler is already rank-aware).
 
@@ -211,7 +211,7 @@ class PostTrainDataModule(L.LightningDataModule):
 
     def _loader_generator(self, epoch: int) -> torch.Generator:
         """The loader's own generator (worker seeds), so that building a loader never draws from the
-        global RNG that a resumed run restores (see :class:`tms.resume.RNGState`)."""
+        global RNG that a resumed run restores (see :class:`tms.training.resume.RNGState`)."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
 
     def val_dataloader(self) -> DataLoader | list:

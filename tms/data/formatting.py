@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from tms.losses import IGNORE_INDEX
+from tms.objectives.nll import IGNORE_INDEX
 
 
 def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:

@@ -1,6 +1,6 @@
 r"""Accumulation windows: each micro-batch carries the completion-token count of its optimiser step.
 
-The training objective is the token mean over the whole optimiser step (:func:`tms.losses.step_token_mean`),
+The training objective is the token mean over the whole optimiser step (:func:`tms.objectives.nll.step_token_mean`),
 so the first micro-batch of a step must already know the tokens of the step's later micro-batches. As
 Hugging Face ``Trainer`` does (``num_items_in_batch``), the loader reads the ``A`` micro-batches of an
 accumulation window ahead (they are token ids, small next to the activations) and adds to each
@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from tms.data.resume import ResumedDataLoader
-from tms.losses import completion_mask
+from tms.objectives.nll import completion_mask
 
 
 def with_window_tokens(batches: Iterable[dict[str, Any]], accumulate: int, start: int = 0) -> Iterator[dict[str, Any]]:

@@ -1,6 +1,6 @@
 r"""Diagnostics of a trajectory buffer H[t, x], one row per checkpoint t (``buffer.json``).
 
-For the rows of checkpoint t (every harvested prompt x and sample k of :mod:`tms.buffer`),
+For the rows of checkpoint t (every harvested prompt x and sample k of :mod:`tms.data.buffer`),
 :func:`buffer_diagnostics` gives
 
 * ``n``: the number of rows;
@@ -21,7 +21,7 @@ token), i.e. how far the student is from each checkpoint's samples.
 
 :func:`buffer_report` does both for harvest stage directories and writes ``buffer.json``;
 ``python evaluate.py buffer_of=<run dir | harvest stage dir | [dirs]> [model_path=<student>]`` calls it
-(:func:`tms.evaluation.run.evaluate`). Post-processing, not a cached stage: nothing here is hashed.
+(:func:`tms.cli.evaluate.evaluate`). Post-processing, not a cached stage: nothing here is hashed.
 """
 from __future__ import annotations
 
@@ -34,8 +34,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from tms.core.io import read_json, write_json
+from tms.data.buffer import SCHEMA, read_buffer, with_t
 from tms.evaluation.metrics import CORRECT_THRESHOLD
-from tms.io import read_json, write_json
+from tms.evaluation.suite import completion_nll
+from tms.generation.harvest import rescore
+from tms.models.loading import load_model, load_tokenizer
 
 FINISHED = "stop"  # finish_reason of a completion that generated eos (tms/generation/hf.py, vllm.py)
 
@@ -49,7 +53,7 @@ def rows_by_t(table: pa.Table) -> dict[int, list[dict[str, Any]]]:
 
 
 def buffer_diagnostics(table: pa.Table, format_of: Callable[[str], str | None] | None = None) -> list[dict[str, Any]]:
-    """One dict per checkpoint t of ``table`` (a :data:`tms.buffer.SCHEMA` table), ascending in t: ``t``, ``n``,
+    """One dict per checkpoint t of ``table`` (a :data:`tms.data.buffer.SCHEMA` table), ascending in t: ``t``, ``n``,
     ``accuracy``, ``mean_tokens``, ``finished`` and, with formats, ``format_share`` (see the module docstring)."""
     groups = rows_by_t(table)
     formats = {t: [format_of(r["completion"]) for r in rows] for t, rows in groups.items()} if format_of else {}
@@ -84,7 +88,6 @@ def student_pld(model, tokenizer, task, rows_by_t: Mapping[int, pa.Table | Seque
     and scored exactly as :func:`tms.evaluation.suite.reference_nll` scores a reference
     (:func:`tms.evaluation.suite.completion_nll`). A t without rows is left out.
     """
-    from tms.evaluation.suite import completion_nll
 
     by_id = {e.id: e for e in task.examples(split)}
     out: dict[int, dict[str, Any]] = {}
@@ -102,7 +105,7 @@ def student_pld(model, tokenizer, task, rows_by_t: Mapping[int, pa.Table | Seque
 
 
 class _StageDir:
-    """A finished stage directory, as :func:`tms.harvest.rescore` reads it (its manifest)."""
+    """A finished stage directory, as :func:`tms.generation.harvest.rescore` reads it (its manifest)."""
 
     def __init__(self, path: Path) -> None:
         self.dir = path
@@ -123,11 +126,9 @@ def read_buffers(buffer_dirs: Mapping[int, str | Path], task=None) -> pa.Table:
 
     A pipeline run lists the harvest stages by the *student's* t (``pipeline.json``), while a stage's rows
     carry the Stage 1 checkpoint index it sampled (they differ for a T-subset of a shared grid), so the key
-    wins, as in :func:`tms.pipeline.load_buffer`. With ``task``, a stage harvested under another verifier is
-    re-scored (:func:`tms.harvest.rescore`).
+    wins, as in :func:`tms.stages.harvest.load_buffer`. With ``task``, a stage harvested under another verifier is
+    re-scored (:func:`tms.generation.harvest.rescore`).
     """
-    from tms.buffer import SCHEMA, read_buffer, with_t
-    from tms.harvest import rescore
 
     tables = []
     for t, d in sorted(buffer_dirs.items()):
@@ -180,14 +181,12 @@ def buffer_report(buffer_dirs: Mapping[int, str | Path], model_path: str | None,
     model], "buffer_dirs": {t: dir}, "student": model_path, "limit": limit}``. ``task``: the training task
     the buffer was harvested for (prompts, stale-score re-scoring, :meth:`Task.solution_format`);
     ``limit``: rows per t scored for the student PLD (the diagnostics use every row); ``model_kwargs``:
-    :func:`tms.models.load_model` arguments (``dtype``, ``trust_remote_code`` ...).
+    :func:`tms.models.loading.load_model` arguments (``dtype``, ``trust_remote_code`` ...).
     """
     table = read_buffers(buffer_dirs, task)
     per_t = buffer_diagnostics(table, task.solution_format)
     if model_path:
         import torch
-
-        from tms.models import load_model, load_tokenizer
 
         kw = dict(model_kwargs or {})
         tok = load_tokenizer(model_path, trust_remote_code=bool(kw.get("trust_remote_code", False)))

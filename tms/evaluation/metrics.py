@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Literal, Union
 
 import numpy as np
 import torch
+
+from tms.objectives.kl import kl_estimator
 
 CORRECT_THRESHOLD = 0.5
 Score = Union[bool, float]
@@ -204,49 +206,6 @@ def cross_task_transfer(
 # --------------------------------------------------------------------------------------------------------
 
 
-def kl_k1(log_ratio: torch.Tensor) -> torch.Tensor:
-    r"""k1 per-token KL estimator (Schulman, "Approximating KL divergence", 2020).
-
-    Convention for all three estimators: ``log_ratio`` :math:`= \ell = \log \pi_\theta(y) - \log \pi_{ref}(y)`
-    evaluated at tokens :math:`y \sim \pi_\theta`. Then :math:`k_1 = \ell` and
-    :math:`\mathbb{E}_{y \sim \pi_\theta}[k_1] = \mathrm{KL}(\pi_\theta \| \pi_{ref})`: unbiased, but high
-    variance and negative on individual samples.
-    """
-    return log_ratio
-
-
-def kl_k2(log_ratio: torch.Tensor) -> torch.Tensor:
-    r""":math:`k_2 = \tfrac12 \ell^2 \ge 0` (convention of :func:`kl_k1`).
-
-    Biased: :math:`\mathbb{E}_{\pi_\theta}[k_2] = \tfrac12 \mathbb{E}_{\pi_\theta}[\ell^2]`, which matches
-    :math:`\mathrm{KL}(\pi_\theta \| \pi_{ref})` to second order when the two distributions are close,
-    with lower variance than k1.
-    """
-    return 0.5 * log_ratio.square()
-
-
-def kl_k3(log_ratio: torch.Tensor) -> torch.Tensor:
-    r"""k3 per-token KL estimator (convention of :func:`kl_k1`).
-
-    .. math::  k_3 = (r - 1) - \log r, \qquad r = \frac{\pi_{ref}(y)}{\pi_\theta(y)} = e^{-\ell}
-
-    computed as ``expm1(-log_ratio) + log_ratio``. Unbiased, since :math:`\mathbb{E}_{\pi_\theta}[r] = 1`
-    (when supp :math:`\pi_{ref} \subseteq` supp :math:`\pi_\theta`), and :math:`\ge 0` elementwise because
-    :math:`e^u \ge 1 + u`; the clamp only removes float rounding below 0. Summed over a sequence's tokens it
-    is also unbiased for the sequence-level KL (chain rule).
-    """
-    return (torch.expm1(-log_ratio) + log_ratio).clamp_min(0.0)
-
-
-_ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
-
-
-def _estimator(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    if name not in _ESTIMATORS:
-        raise ValueError(f"estimator must be one of {sorted(_ESTIMATORS)}, got estimator={name!r}")
-    return _ESTIMATORS[name]
-
-
 def _f64(x: torch.Tensor | np.ndarray | Sequence[float]) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach().to(device="cpu", dtype=torch.float64)
@@ -306,7 +265,7 @@ def sequence_kl(
     Returns a float64 CPU tensor ``[N]``.
     """
     log_ratio, _ = _log_ratio(logp_policy, logp_base, mask)
-    return _estimator(estimator)(log_ratio).sum(dim=1)  # every estimator is 0 at log_ratio = 0 (padding)
+    return kl_estimator(estimator)(log_ratio).sum(dim=1)  # every estimator is 0 at log_ratio = 0 (padding)
 
 
 def kl_to_base(
@@ -328,7 +287,7 @@ def kl_to_base(
       expectation over evaluation prompts of App. F.5.
     """
     log_ratio, m = _log_ratio(logp_policy, logp_base, mask)
-    per_token = _estimator(estimator)(log_ratio)
+    per_token = kl_estimator(estimator)(log_ratio)
     per_sample = per_token.sum(dim=1)
     n_tokens = int(m.sum())
     if per_sample.numel() == 0 or n_tokens == 0:

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from tms.io import read_json
+from tms.core.io import read_json
 
 METHOD_ORDER = ("base", "sft", "self_sft", "final_sft", "reinforce", "grpo", "tms")
 PARAM_NAMES = {"data.target_source.alpha": "α", "data.target_source.p_t": "p_t", "sft.num_checkpoints": "T"}

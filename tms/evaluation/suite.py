@@ -30,6 +30,7 @@ from tms.evaluation import metrics as M
 from tms.generation.base import SamplingParams
 from tms.generation.hf import HFGenerator
 from tms.generation.scoring import score_completions
+from tms.models.loading import load_model
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,6 @@ def reference_nll(model, tok, task: Task, examples) -> dict[str, float]:
 def evaluate_model(model_path: str, suite: Mapping[str, Any], tasks: Mapping[str, Task], base_path: str | None,
                    pld_task: Task | None, model_kwargs: Mapping[str, Any], seed: int) -> dict[str, Any]:
     """Absolute metrics of the model at ``model_path`` (see the module docstring)."""
-    from tms.models import load_model
 
     gen = HFGenerator.from_pretrained(model_path, batch_size=int(suite.get("batch_size", 64)),
                                       dtype=model_kwargs.get("dtype", "auto"),

@@ -58,7 +58,7 @@ def sample_rows(results: Mapping[str, Any]) -> list[list[Any]]:
 
 
 def curve_steps(curve: Mapping[str, Any]) -> Iterator[dict[str, float]]:
-    """One dict of ``curve/*`` numbers per checkpoint of a :func:`~tms.evaluation.run.checkpoint_curve`."""
+    """One dict of ``curve/*`` numbers per checkpoint of a :func:`~tms.stages.evaluation.checkpoint_curve`."""
     for p in curve["checkpoints"]:
         kl, fwd = p.get("kl_to_base") or {}, p.get("kl_from_base") or {}
         values = {"t": p["t"], "step": p["step"], "target": p["target"], "retention_mean": p.get("retention_mean"),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from tms.generation.hf import HFGenerator
+
 BACKENDS = ("hf", "vllm")
 
 
@@ -27,6 +29,5 @@ def make_generator(backend: str, path: str, cfg: Mapping[str, Any], model_cfg: M
         return VLLMGenerator(path, tensor_parallel_size=int(cfg.get("tensor_parallel_size", 1)), dtype=dtype, seed=seed,
                              gpu_memory_utilization=float(cfg.get("gpu_memory_utilization", 0.85)),
                              trust_remote_code=trust)
-    from tms.generation.hf import HFGenerator
 
     return HFGenerator.from_pretrained(path, batch_size=int(cfg.get("batch_size", 64)), dtype=dtype, trust_remote_code=trust)

@@ -15,18 +15,14 @@ import contextlib
 import logging
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 
+from tms.core.seeds import derive_seed
 from tms.generation.base import Completion, SamplingParams
 from tms.generation.scoring import score_completions
+from tms.models.loading import load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed derived deterministically from integers."""
-    return int(np.random.default_rng([int(p) & 0xFFFFFFFF for p in parts]).integers(0, 2**63 - 1))
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -65,8 +61,6 @@ class HFGenerator:
     @classmethod
     def from_pretrained(cls, path: str, batch_size: int = 64, device: str | None = None, dtype="auto",
                         trust_remote_code: bool = False) -> "HFGenerator":
-        from tms.models import load_model, load_tokenizer
-
         tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
         model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from tms.data.formatting import collate_right_padded
-from tms.losses import token_logprobs
+from tms.objectives.nll import token_logprobs
 
 
 @torch.no_grad()

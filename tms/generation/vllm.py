@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from tms.generation.base import Completion, SamplingParams
-from tms.generation.hf import derive_seed
+from tms.core.seeds import derive_seed
 
 INSTALL_HINT = "harvest.backend=vllm needs vLLM on a CUDA machine: pip install -e '.[vllm]' (or use harvest.backend=hf)"
 

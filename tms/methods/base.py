@@ -7,8 +7,11 @@ from typing import Any, Callable
 import lightning as L
 import torch
 
-from tms.losses import token_logprobs
-from tms.models import load_model
+from tms.core.io import atomic_dir
+from tms.models.loading import load_model
+from tms.models.strategies import full_state_dict
+from tms.objectives.nll import token_logprobs
+from tms.training.numerics import NonFiniteGuard
 
 
 class CausalLMModule(L.LightningModule):
@@ -19,7 +22,7 @@ class CausalLMModule(L.LightningModule):
         optimizer: ``_partial_`` optimiser factory, called with the trainable parameters.
         scheduler: ``_partial_`` scheduler factory ``(optimizer, total_steps=N)`` or None; stepped
             every optimiser step.
-        model_kwargs: passed to :func:`tms.models.load_model` (dtype, attn_implementation, ...).
+        model_kwargs: passed to :func:`tms.models.loading.load_model` (dtype, attn_implementation, ...).
         gradient_checkpointing: trade compute for memory on large models.
     """
 
@@ -41,7 +44,7 @@ class CausalLMModule(L.LightningModule):
         self.model.train()  # from_pretrained returns the model in eval mode
         if self.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        # -- sharding hook (tms.strategies): FSDP / FSDP2 wrap the decoder layers of the loaded model here --
+        # -- sharding hook (tms.models.strategies): FSDP / FSDP2 wrap the decoder layers of the loaded model here --
         shard = getattr(self._trainer.strategy, "shard_module", None) if self._trainer is not None else None
         if shard is not None:
             self.model = shard(self.model)
@@ -69,10 +72,9 @@ class CausalLMModule(L.LightningModule):
     def check_finite(self, loss: torch.Tensor) -> None:
         """Stop on a non-finite loss instead of training on NaN (the step number is in the message).
 
-        Under a trainer with :class:`~tms.numerics.NonFiniteGuard` the guard raises, after saving a
+        Under a trainer with :class:`~tms.training.numerics.NonFiniteGuard` the guard raises, after saving a
         debug checkpoint with the offending batch.
         """
-        from tms.numerics import NonFiniteGuard
 
         guard = next((c for c in self.trainer.callbacks if isinstance(c, NonFiniteGuard)), None) if self._trainer else None
         if guard is not None:
@@ -106,8 +108,6 @@ class CausalLMModule(L.LightningModule):
 
         Under a sharding strategy the full state dict is gathered to rank 0 first (collective).
         """
-        from tms.io import atomic_dir
-        from tms.strategies import full_state_dict
 
         state = full_state_dict(self.trainer.strategy, self.model)  # None unless the parameters are sharded
         if self.trainer.is_global_zero:

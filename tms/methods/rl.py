@@ -5,13 +5,13 @@ Both maximise :math:`\mathbb{E}_{x}\,\mathbb{E}_{y \sim \pi_\theta(\cdot|x)}[r(x
 
 1. **Rollout.** A batch of P training prompts; G completions each, sampled from the *current*
    weights (the HF backend wraps the training model), seeded from ``(seed, global_step, rank)``.
-2. **Reward.** ``reward_fn(completions, examples, task)`` (:mod:`tms.rl_rewards`), binary by default.
+2. **Reward.** ``reward_fn(completions, examples, task)`` (:mod:`tms.methods.rewards`), binary by default.
 3. **Advantages** :math:`A_i` (per sequence), by ``rl.baseline``:
    ``group``  (GRPO)  :math:`(r_i - \bar r_{g(i)}) / (\operatorname{std}_{g(i)} + \epsilon)`, or Dr. GRPO's
    :math:`r_i - \bar r_{g(i)}` with ``scale_rewards=false``;
    ``ema``    (REINFORCE)  :math:`r_i - b`, :math:`b \leftarrow m b + (1-m)\,\bar r_{\text{batch}}` carried across steps;
    ``leave_one_out``  (RLOO)  :math:`r_i - \frac{1}{G-1}\sum_{j \ne i} r_j`.
-4. **Loss** (:func:`tms.rl_losses.grpo_loss`), ``num_iterations`` = μ optimiser steps on each rollout:
+4. **Loss** (:func:`tms.objectives.policy_gradient.grpo_loss`), ``num_iterations`` = μ optimiser steps on each rollout:
 
    .. math:: \mathcal{L} = \operatorname{agg}\Big(-\min\big(\rho_{bt} A_b,\ \operatorname{clip}(\rho_{bt}, 1-\epsilon, 1+\epsilon_h) A_b\big)
              + \beta\, k_3(\pi_\theta, \pi_{\theta_0})_{bt}\Big), \qquad \rho_{bt} = \frac{\pi_\theta(y_{bt})}{\pi_{\text{old}}(y_{bt})}
@@ -32,7 +32,7 @@ tokens of the step summed over ranks, as verl's ``agg_loss`` with a global token
 the mean over all the step's sequences of their own token means), so the update does not depend on the
 micro-batch size or the number of ranks; then the gradients are clipped and the optimiser and the
 scheduler step.
-The stage that runs it (:func:`run_rl`) lives in :mod:`tms.methods.rl_stage`.
+The stage that runs it (:func:`run_rl`) lives in :mod:`tms.stages.rl`.
 
 Logged every optimiser step under ``train/`` (the same names for CSV and W&B): ``loss``, ``clip_fraction``,
 ``entropy`` (of the sampling distribution, token mean), ``kl`` (k3 to θ0, token mean; when ``beta > 0`` or
@@ -52,12 +52,13 @@ import torch
 
 from tms.data.formatting import collate_right_padded
 from tms.generation.base import SamplingParams
-from tms.generation.hf import HFGenerator, derive_seed
-from tms.losses import completion_mask, token_logprobs
+from tms.core.seeds import derive_seed
+from tms.generation.hf import HFGenerator
+from tms.objectives.nll import completion_mask, token_logprobs
 from tms.methods.base import CausalLMModule
 from tms.methods.rl_config import RLConfig
-from tms.models import load_model
-from tms.rl_losses import (aggregate, ema_update, grpo_loss, group_advantages, kl_penalty_k3,
+from tms.models.loading import load_model
+from tms.objectives.policy_gradient import (aggregate, ema_update, grpo_loss, group_advantages, kl_penalty_k3,
                            leave_one_out_advantages, masked_entropy, reinforce_advantages)
 
 
@@ -97,7 +98,7 @@ class RLModule(CausalLMModule):
     """GRPO / REINFORCE on prompt-index batches from ``PostTrainDataModule(mode="prompts")``.
 
     Args (beyond :class:`~tms.methods.base.CausalLMModule`'s):
-        reward_fn: ``(completions, examples, task) -> list[float]`` (see :mod:`tms.rl_rewards`).
+        reward_fn: ``(completions, examples, task) -> list[float]`` (see :mod:`tms.methods.rewards`).
         rl: the per-step hyperparameters.
         seed: base seed of the rollouts.
 
@@ -190,7 +191,7 @@ class RLModule(CausalLMModule):
         return rollout
 
     def _logp_dtype(self) -> torch.dtype:
-        """The dtype of :func:`~tms.losses.token_logprobs` for this model (float32; float64 for a float64 model)."""
+        """The dtype of :func:`~tms.objectives.nll.token_logprobs` for this model (float32; float64 for a float64 model)."""
         return torch.float64 if next(self.model.parameters()).dtype == torch.float64 else torch.float32
 
     def _token_logprobs_of(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -290,5 +291,3 @@ class RLModule(CausalLMModule):
         ro = state.get("rollout")
         self.rollout = None if ro is None else Rollout.from_state(ro, self.device)
 
-
-from tms.methods.rl_stage import rl_key, run_rl  # noqa: E402,F401  (the pipeline imports run_rl from here)

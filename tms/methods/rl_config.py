@@ -12,8 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from tms.rl_losses import AGGREGATIONS
-from tms.validation import ConfigError, integer, number, optimizer_steps, require
+from tms.core.checks import check_target, integer, number, optimizer_steps, require
+from tms.core.distributed import world_size
+from tms.core.errors import ConfigError
+from tms.objectives.policy_gradient import AGGREGATIONS
 
 #: advantage baselines: GRPO's group mean (optionally std-scaled), REINFORCE's moving average, RLOO
 BASELINES = ("group", "ema", "leave_one_out")
@@ -28,24 +30,25 @@ class UnsupportedOption(ConfigError, NotImplementedError):
 
 @dataclasses.dataclass
 class RLConfig:
-    """Per-step RL hyperparameters (see ``conf/method/grpo.yaml`` for what each one means)."""
+    """Per-step RL hyperparameters: the schema (types and checks) of the ``rl`` block. Their defaults and what each
+    one means live in one place, ``conf/method/grpo.yaml`` (REINFORCE inherits them); build it with :meth:`from_config`."""
 
-    num_generations: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    epsilon: float = 0.2
-    epsilon_high: float | None = None
-    num_iterations: int = 1
-    beta: float = 0.0
-    baseline: str = "group"
-    scale_rewards: bool = True
-    momentum: float = 0.9
-    loss_aggregation: str = "token_mean"
-    gradient_clip_val: float | None = 1.0
-    micro_batch_size: int = 64
-    generation_batch_size: int = 256
-    log_kl: bool = False
+    num_generations: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    epsilon: float
+    epsilon_high: float | None
+    num_iterations: int
+    beta: float
+    baseline: str
+    scale_rewards: bool
+    momentum: float
+    loss_aggregation: str
+    gradient_clip_val: float | None
+    micro_batch_size: int
+    generation_batch_size: int
+    log_kl: bool
 
     def __post_init__(self) -> None:
         for key in ("num_generations", "max_new_tokens", "num_iterations", "micro_batch_size", "generation_batch_size"):
@@ -69,13 +72,24 @@ class RLConfig:
     @classmethod
     def from_config(cls, node: DictConfig | dict[str, Any]) -> "RLConfig":
         """The fields of ``node`` that :class:`RLConfig` knows (the stage-level keys are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: node[k] for k in names if k in node})
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [k for k in names if k not in node]
+        if missing:
+            raise ConfigError(f"rl.{missing[0]}: missing (every rl key has its default in conf/method/grpo.yaml; "
+                              f"an rl block of your own needs {missing})")
+        return cls(**{k: node[k] for k in names})
 
     @property
     def needs_reference(self) -> bool:
         """Whether the frozen θ0 is needed: for the KL penalty, or to log the KL."""
         return self.beta > 0 or self.log_kl
+
+
+def rl_learning_rate(cfg: DictConfig) -> float:
+    """``rl.lr`` if set, else ``rl.lr_scale`` (default 1) × ``sft.optimizer.lr``."""
+    if cfg.rl.get("lr") is not None:
+        return float(cfg.rl.lr)
+    return float(cfg.rl.get("lr_scale", 1.0)) * float(cfg.sft.optimizer.lr)
 
 
 def rollout_steps(cfg: DictConfig, n_prompts: int, world: int) -> int:
@@ -87,9 +101,8 @@ def rollout_steps(cfg: DictConfig, n_prompts: int, world: int) -> int:
 def validate_rl(cfg: DictConfig, n_prompts: int | None = None) -> RLConfig:
     """Check every key of the ``rl`` block of a composed config (and the budget against ``n_prompts``).
 
-    Called by :func:`tms.validation.validate` before any compute, and again by the RL stage.
+    Called by :func:`tms.config.validate.validate` before any compute, and again by the RL stage.
     """
-    from tms.training import world_size
 
     require(cfg.get("rl") is not None, "rl", "method.kind=rl needs an rl: block (use method=grpo or method=reinforce)")
     rl = cfg.rl
@@ -128,10 +141,9 @@ def validate_rl(cfg: DictConfig, n_prompts: int | None = None) -> RLConfig:
 def check_reward(node: DictConfig | None) -> None:
     """``rl.reward``: a Hydra node whose ``_target_`` imports and takes its arguments (not built: a reward may load
     a judge model)."""
-    from tms.validation import check_target
 
     require(node is not None and "_target_" in node, "rl.reward",
-            "must be a Hydra node with a _target_ (e.g. tms.rl_rewards.VerifierReward)")
+            "must be a Hydra node with a _target_ (e.g. tms.methods.rewards.VerifierReward)")
     check_target(node, "rl.reward")
 
 

@@ -7,7 +7,7 @@ of one optimiser step,
 .. math:: \mathcal{L}(\theta) = -\frac{1}{\sum_b |\tilde y_b|}\sum_b \sum_i \log \pi_\theta(\tilde y_{b,i} \mid x_b, \tilde y_{b,<i})
 
 over the completion tokens of *all* the examples of the step — every micro-batch of the accumulation
-window on every rank (eq. 3.1 / 5.3; :func:`tms.losses.step_token_mean`) — so the update does not depend
+window on every rank (eq. 3.1 / 5.3; :func:`tms.objectives.nll.step_token_mean`) — so the update does not depend
 on how a step is split into micro-batches or ranks, and a token weighs the same in a short harvested
 completion as in a long reference. Only the target source differs between the methods.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from tms.losses import masked_nll_sum, step_token_mean
+from tms.objectives.nll import masked_nll_sum, step_token_mean
 from tms.methods.base import CausalLMModule
 
 

@@ -19,6 +19,7 @@ import argparse
 import csv
 import logging
 import math
+import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+
+from tms.cli.common import setup
+from tms.config.validate import validate
+from tms.core.io import read_json, write_json
+from tms.evaluation.buffer_stats import buffer_report
+from tms.pipeline import run
+from tms.repro.report import write_report
+from tms.stages.base_model import resolve_base
+from tms.stages.common import model_kwargs
+from tms.stages.evaluation import run_eval, summarize
+from tms.stages.sft import checkpoint_ref, run_sft, stage1_indices
 
 log = logging.getLogger("tms.repro")
 
@@ -66,7 +78,8 @@ def plan(p: DictConfig) -> list[RunSpec]:
 
 def compose(overrides: Sequence[str]) -> DictConfig:
     """The ``conf/train.yaml`` config with ``overrides``, as ``python train.py`` would compose it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
@@ -83,7 +96,7 @@ def _kl(row: dict, key: str, group: str) -> float | None:
 
 
 def csv_row(row: dict, method: str, seed: int, setting: str, skills: Sequence[str], t: int | None = None) -> dict:
-    """One results.csv row from a pipeline results row (:func:`tms.pipeline.summarize`)."""
+    """One results.csv row from a pipeline results row (:func:`tms.stages.evaluation.summarize`)."""
     ret = [row["scores"][s] for s in skills]
     pak = row.get("pass_at_k") or {}
     return {
@@ -101,7 +114,6 @@ def csv_row(row: dict, method: str, seed: int, setting: str, skills: Sequence[st
 
 def sft_curve(cfg: DictConfig) -> list[tuple[int, dict]]:
     """SFT's checkpoints t = 1..T (``sft.num_checkpoints``) of ``cfg``'s Stage 1, each evaluated like a method."""
-    from tms.pipeline import checkpoint_ref, resolve_base, run_eval, run_sft, stage1_indices, summarize
 
     base = resolve_base(cfg)
     sft = run_sft(cfg, base)  # cached: the SFT run of this seed built it
@@ -118,10 +130,6 @@ def sft_curve(cfg: DictConfig) -> list[tuple[int, dict]]:
 def buffer_rows(cfg: DictConfig, run_dir: Path, seed: int, setting: str, limit: int | None) -> list[dict]:
     """Buffer diagnostics of a TMS run (its harvest stages) with the student's NLL of each t's samples."""
     from hydra.utils import instantiate
-
-    from tms.evaluation.buffer_stats import buffer_report
-    from tms.io import read_json
-    from tms.pipeline import model_kwargs
 
     pipe = read_json(run_dir / "pipeline.json")
     dirs = {int(k.split("=")[1]): Path(v) for k, v in (pipe["stages"].get("harvest") or {}).items()}
@@ -183,9 +191,6 @@ class RunOutput:
 
 def run_one(spec: RunSpec, cfg: DictConfig, out: Path, p: DictConfig, overrides: Sequence[str] = ()) -> RunOutput:
     """Run ``spec`` (config ``cfg``, already validated) into ``<out>/runs/<name>`` and collect its rows."""
-    from tms.cli import setup
-    from tms.io import read_json
-    from tms.pipeline import resolve_base, run
 
     skills = [str(b) for b in cfg.eval.retention]
     run_dir = out / "runs" / spec.name
@@ -239,11 +244,10 @@ def reproduce(plan_path: Path, out: Path, md: Path | None, extra: Sequence[str] 
 
     ``seeds``: replace the plan's seeds (the ablation seeds are kept only where they are among them).
     ``jobs``: runs at once (default: the plan's ``jobs``, else 1), each in its own process with
-    ``cores // jobs`` torch threads; 1 runs them one after another in this process. The rows do not depend on
+    ``cores // jobs`` torch threads, after θ0 (which every run needs) is built here with every core; 1 runs them
+    one after another in this process. The rows do not depend on
     it: every run has its own seed and the stages are shared through the cache (its locks order the builders);
     results.csv lists them in plan order whatever order they finish in."""
-    from tms.io import write_json
-    from tms.validation import validate
 
     p = OmegaConf.load(plan_path)
     if seeds is not None:
@@ -286,8 +290,11 @@ def reproduce(plan_path: Path, out: Path, md: Path | None, extra: Sequence[str] 
     else:
         import concurrent.futures as cf
         import multiprocessing as mp
-        import os
 
+        for cfg in {str(c.model): c for c in cfgs.values()}.values():  # θ0, which every run waits for, with every core
+            prebuilt = cfg.copy()
+            prebuilt.cache_dir = os.path.expanduser(str(prebuilt.cache_dir))
+            resolve_base(prebuilt)
         threads = max(1, (os.cpu_count() or 1) // jobs)
         log.info("repro: %d runs, %d at once, %d torch thread(s) each", len(specs), jobs, threads)
         plain = OmegaConf.to_container(p, resolve=True)
@@ -312,7 +319,6 @@ def reproduce(plan_path: Path, out: Path, md: Path | None, extra: Sequence[str] 
     write_json(out / "meta.json", meta)
     buf = [b for s in specs for b in done[s].buffer]
     if md is not None:
-        from tms.repro.report import write_report
 
         write_report(out / "results.csv", out / "buffer.csv" if buf else None, out, md, meta)
     return {"rows": rows(), "buffer": buf, "meta": meta}

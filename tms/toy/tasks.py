@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from tms.data.tasks.base import Example, Task
-from tms.toy.skills import GENERATORS, STYLED, extract
+from tms.toy.skills import GENERATORS, STYLED, extract, solution_format
 
 
 class ToyTask(Task):
@@ -86,8 +86,6 @@ class ToyTask(Task):
         ``other``); None for every other skill (no formats defined)."""
         if self.skill != "sum":
             return None
-        from tms.toy.skills import solution_format
-
         return solution_format(completion)
 
     def verify(self, completion: str, answer: Any) -> float:

@@ -4,7 +4,7 @@
 target prompts answered in θ0's own "native" style, until it is competent at the skills. The
 pretraining is the ordinary SFT module and training loop (reference targets on a task mixture),
 so this stage exercises the same code as Stage 1. The result is saved with ``save_pretrained``
-and loaded everywhere through :func:`tms.models.load_model`, exactly like a hub model.
+and loaded everywhere through :func:`tms.models.loading.load_model`, exactly like a hub model.
 """
 from __future__ import annotations
 
@@ -15,11 +15,18 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tms.core.cache import Stage
+from tms.core.keys import plain, stage
 from tms.data.datamodule import PostTrainDataModule
 from tms.data.tasks.mixture import TaskMixture
+from tms.evaluation.suite import greedy_scores
+from tms.generation.hf import HFGenerator
+from tms.methods.sft import SFTModule
+from tms.models.loading import load_tokenizer
 from tms.toy.skills import GENERATORS, STYLED
 from tms.toy.tasks import ToyTask
 from tms.toy.tokenizer import build_and_save
+from tms.training.loop import fit
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,7 @@ def pretraining_task(build: DictConfig) -> TaskMixture:
     examples with the bare answer. ``held_out: {skill: k}``: the first k unique prompts of that skill's
     stream are never pretraining data; the toy benchmarks' test (and the target task's test, val and
     train) splits are drawn from that prefix of the same stream (same seed), so θ0 never sees them
-    (:func:`tms.input_checks.check_toy_held_out` checks the sizes).
+    (:func:`tms.config.inputs.check_toy_held_out` checks the sizes).
     """
     seed, held = int(build.seed), {str(k): int(v) for k, v in (build.get("held_out") or {}).items()}
     shares = dict(build.get("direct_share") or {})
@@ -81,9 +88,6 @@ def build_base_model(out_dir: Path, build: DictConfig, trainer_cfg: DictConfig, 
 
     Returns info for the manifest: parameter count, pretraining steps and time.
     """
-    from tms.methods.sft import SFTModule
-    from tms.models import load_tokenizer
-    from tms.training import fit
     from hydra.utils import instantiate
 
     out_dir = Path(out_dir)
@@ -118,8 +122,6 @@ def build_base_model(out_dir: Path, build: DictConfig, trainer_cfg: DictConfig, 
 
 def skill_accuracy(model_dir: Path, mixture: TaskMixture, n: int, seed: int) -> dict[str, float]:
     """Greedy accuracy of θ0 on each pretraining skill's held-out prompts (recorded in the manifest)."""
-    from tms.evaluation.suite import greedy_scores
-    from tms.generation.hf import HFGenerator
 
     gen = HFGenerator.from_pretrained(str(model_dir), batch_size=256, device="cpu", dtype="float32")
     out = {}
@@ -127,3 +129,8 @@ def skill_accuracy(model_dir: Path, mixture: TaskMixture, n: int, seed: int) -> 
         held_out = ToyTask(task.skill, n_train=0, n_val=0, n_test=n, seed=task.seed + 1, style=task.style)
         out[name] = round(greedy_scores(gen, held_out, held_out.examples("test"), 48, seed)[0], 4)
     return out
+
+
+def toy_base_stage(cfg: DictConfig) -> Stage:
+    """The cached stage of the toy world's θ0 (``model.build``), built or not."""
+    return stage(cfg, "base", {"build": plain(cfg.model.build), "precision": cfg.trainer.precision})

@@ -16,6 +16,8 @@ import abc
 import dataclasses
 from typing import Any, Sequence
 
+from tms.data.tasks.loading import load_records
+
 SPLITS = ("train", "val", "test")
 
 
@@ -101,3 +103,59 @@ class Task(abc.ABC):
     def score(self, completions: Sequence[str], answers: Sequence[Any]) -> list[float]:
         """Vectorised :meth:`verify`."""
         return [float(self.verify(c, a)) for c, a in zip(completions, answers)]
+
+
+class _DatasetDefault:
+    """The default of a :class:`BenchmarkTask` constructor argument: the class's own dataset setting."""
+
+    def __repr__(self) -> str:
+        return "<the dataset's default>"
+
+
+DATASET_DEFAULT: Any = _DatasetDefault()
+
+
+class BenchmarkTask(Task):
+    """A task read through :func:`~tms.data.tasks.loading.load_records`: one source per split, a hub config, a limit.
+
+    A subclass names its dataset with class attributes instead of repeating the constructor:
+    ``default_sources`` (split -> hub id or local path, None = the split is unavailable),
+    ``default_config_name``, ``hub_splits`` (the task splits train/val/test -> split names on the hub; a local
+    file is the split itself, a local directory holds ``<hub split>.<ext>``) and ``required_fields``. Each
+    constructor argument left at its default takes the class's value; an explicit None disables a split.
+    ``limit`` keeps the first ``limit`` examples of every split (after any filtering, so ids do not depend on it).
+    """
+
+    hub_splits: dict[str, str] = {}
+    required_fields: tuple[str, ...] = ()
+    default_sources: dict[str, str | None] = {}
+    default_config_name: str | None = None
+
+    def __init__(
+        self,
+        train_source: str | None = DATASET_DEFAULT,
+        val_source: str | None = DATASET_DEFAULT,
+        test_source: str | None = DATASET_DEFAULT,
+        config_name: str | None = DATASET_DEFAULT,
+        limit: int | None = None,
+    ) -> None:
+        super().__init__()
+        given = {"train": train_source, "val": val_source, "test": test_source}
+        self.sources = {split: self.default_sources.get(split) if v is DATASET_DEFAULT else v for split, v in given.items()}
+        self.config_name = self.default_config_name if config_name is DATASET_DEFAULT else config_name
+        self.limit = None if limit is None else int(limit)
+
+    def load_split(self, split: str) -> list[Example]:
+        source = self.sources.get(split)
+        if not source:
+            raise ValueError(
+                f"task {self.name!r} has no data for split {split!r}: set {split}_source to a hub id "
+                "or a local .jsonl/.parquet file"
+            )
+        rows = load_records(source, self.hub_splits.get(split, split), self.config_name, self.required_fields)
+        examples = self.build_examples(rows, str(source))
+        return examples if self.limit is None else examples[: self.limit]
+
+    @abc.abstractmethod
+    def build_examples(self, rows: list[dict[str, Any]], where: str) -> list[Example]:
+        """Examples from the raw ``rows`` of one split; errors name ``where`` (the source)."""

@@ -21,7 +21,11 @@ from typing import Sequence
 
 from tms.data.tasks.base import Example, Task
 from tms.data.tasks.loading import apply_teacher_completions
-from tms.rewards import countdown_verify, extract_final_answer, normalize_countdown_expression
+from tms.data.tasks.verify import (
+    countdown_verify,
+    extract_final_answer,
+    normalize_countdown_expression,
+)
 
 DEFAULT_PROMPT = (
     "Using the numbers {numbers}, write an arithmetic expression that equals {target}. "
@@ -204,7 +208,7 @@ class CountdownTask(Task):
         return re.sub(r"\s+", "", normalize_countdown_expression(answer)) or None
 
     def verify(self, completion: str, answer: dict) -> float:
-        """:func:`tms.rewards.countdown_verify` against ``answer["numbers"]`` and ``answer["target"]``."""
+        """:func:`tms.data.tasks.verify.countdown_verify` against ``answer["numbers"]`` and ``answer["target"]``."""
         try:
             return countdown_verify(completion, answer["numbers"], answer["target"])
         except Exception:  # noqa: BLE001 - malformed gold answer

@@ -20,8 +20,7 @@ import string
 from collections import Counter
 from typing import Any
 
-from tms.data.tasks.base import Example
-from tms.data.tasks.multiple_choice import BenchmarkTask
+from tms.data.tasks.base import BenchmarkTask, Example
 
 HUB_ID = "hotpotqa/hotpot_qa"
 DEFAULT_INSTRUCTION = (
@@ -91,18 +90,16 @@ class HotpotQATask(BenchmarkTask):
     name = "hotpotqa"
     hub_splits = {"train": "train", "val": "validation", "test": "validation"}
     required_fields = ("id", "question", "answer", "context")
+    default_sources = {"train": HUB_ID, "val": None, "test": HUB_ID}
+    default_config_name = "distractor"
 
     def __init__(
         self,
-        train_source: str | None = HUB_ID,
-        val_source: str | None = None,
-        test_source: str | None = HUB_ID,
-        config_name: str | None = "distractor",
-        limit: int | None = None,
         max_context_chars: int | None = 6000,
         instruction: str = DEFAULT_INSTRUCTION,
+        **dataset: Any,
     ) -> None:
-        super().__init__(train_source, val_source, test_source, config_name, limit)
+        super().__init__(**dataset)
         self.max_context_chars = max_context_chars
         self.instruction = instruction
 

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tms.data.tasks.base import Example
+from tms.data.tasks.base import BenchmarkTask, Example
 from tms.data.tasks.ifeval_checks import check_instructions
 from tms.data.tasks.loading import apply_teacher_completions
-from tms.data.tasks.multiple_choice import BenchmarkTask
 
 
 class IFEvalTask(BenchmarkTask):
@@ -31,17 +30,15 @@ class IFEvalTask(BenchmarkTask):
     name = "ifeval"
     hub_splits = {"train": "train", "val": "train", "test": "train"}
     required_fields = ("key", "prompt", "instruction_id_list", "kwargs")
+    default_sources = {"train": None, "val": None, "test": "google/IFEval"}
+    default_config_name = None
 
     def __init__(
         self,
-        train_source: str | None = None,
-        val_source: str | None = None,
-        test_source: str | None = "google/IFEval",
-        config_name: str | None = None,
-        limit: int | None = None,
         teacher_completions: str | None = None,
+        **dataset: Any,
     ) -> None:
-        super().__init__(train_source, val_source, test_source, config_name, limit)
+        super().__init__(**dataset)
         self.teacher_completions = teacher_completions
 
     def load_split(self, split: str) -> list[Example]:

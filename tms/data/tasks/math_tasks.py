@@ -1,7 +1,7 @@
 """GSM8K, MATH and MATH-500: hub datasets (or local files in their schema) graded with math-verify.
 
 The final answer of a completion is the last ``\\boxed{…}`` (balanced braces), else the last GSM8K ``#### N``
-line, else the last ``answer is …``, else the last number (:func:`tms.rewards.final_math_answer`); math-verify
+line, else the last ``answer is …``, else the last number (:func:`tms.data.tasks.verify.final_math_answer`); math-verify
 decides whether it equals the gold. A GSM8K gold is the ``#### N`` line of the dataset's ``answer`` field.
 
 Each task reads a *train* and a *test* source through :func:`tms.data.tasks.loading.load_records`
@@ -24,7 +24,7 @@ from typing import Any
 
 from tms.data.tasks.base import Example, Task
 from tms.data.tasks.loading import apply_teacher_completions, load_records
-from tms.rewards import canonical_math_answer, last_boxed, math_verify_score
+from tms.data.tasks.verify import canonical_math_answer, last_boxed, math_verify_score
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +141,13 @@ class MathTask(Task):
     def extract_answer(self, completion: str) -> str | None:
         """Canonical string (e.g. ``1/2``) of the final answer of ``completion``: the last ``\\boxed{…}``, else
         the last ``#### N`` line, else the last ``answer is …``, else the last number
-        (:func:`tms.rewards.canonical_math_answer`)."""
+        (:func:`tms.data.tasks.verify.canonical_math_answer`)."""
         return canonical_math_answer(completion)
 
     def verify(self, completion: str, answer: Any) -> float:
         """1.0 iff the final answer of ``completion`` (the last ``\\boxed{…}``, else the last ``#### N`` line,
         else the last ``answer is …``, else the last number) is math-verify-equivalent to the gold ``answer``
-        (:func:`tms.rewards.math_verify_score`; against an integer gold ``N%`` counts as ``N``)."""
+        (:func:`tms.data.tasks.verify.math_verify_score`; against an integer gold ``N%`` counts as ``N``)."""
         return math_verify_score(completion, answer)
 
 

@@ -11,14 +11,13 @@ extracts.
 """
 from __future__ import annotations
 
-import abc
 import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from tms.data.tasks.base import Example, Task
-from tms.data.tasks.loading import check_fields, load_records
+from tms.data.tasks.base import BenchmarkTask, Example
+from tms.data.tasks.loading import check_fields
 
 LETTERS = "ABCDEFGHIJ"
 DEFAULT_INSTRUCTION = (
@@ -37,7 +36,6 @@ def extract_choice(text: str | None, labels: Sequence[str] = "ABCD") -> str | No
 
     Rules, in order of precedence (the first rule that finds a letter of ``labels`` wins; within
     a rule the *last* match wins):
-
     1. an explicit statement: ``answer is X``, ``answer: X``, ``answer would be X``,
        ``correct option/choice is X`` (markdown, quotes and brackets around X allowed), so
        ``"I think it's A. Actually, the answer is C"`` gives ``C``;
@@ -90,48 +88,6 @@ def format_question(question: str, options: Sequence[str], instruction: str | No
     return f"{text}\n\n{instruction}" if instruction else text
 
 
-# -- shared benchmark base ----------------------------------------------------------------------
-class BenchmarkTask(Task):
-    """A task read through :func:`load_records`: one source per split, a hub config and a limit.
-
-    ``hub_splits`` maps the task splits (train/val/test) to split names on the hub; a local file
-    is the split itself, a local directory holds ``<hub split>.<ext>``. A split whose source is
-    None is unavailable. ``limit`` keeps the first ``limit`` examples of every split (after any
-    filtering, so ids do not depend on it).
-    """
-
-    hub_splits: dict[str, str] = {}
-    required_fields: tuple[str, ...] = ()
-
-    def __init__(
-        self,
-        train_source: str | None,
-        val_source: str | None,
-        test_source: str | None,
-        config_name: str | None,
-        limit: int | None,
-    ) -> None:
-        super().__init__()
-        self.sources = {"train": train_source, "val": val_source, "test": test_source}
-        self.config_name = config_name
-        self.limit = None if limit is None else int(limit)
-
-    def load_split(self, split: str) -> list[Example]:
-        source = self.sources.get(split)
-        if not source:
-            raise ValueError(
-                f"task {self.name!r} has no data for split {split!r}: set {split}_source to a hub id "
-                "or a local .jsonl/.parquet file"
-            )
-        rows = load_records(source, self.hub_splits.get(split, split), self.config_name, self.required_fields)
-        examples = self.build_examples(rows, str(source))
-        return examples if self.limit is None else examples[: self.limit]
-
-    @abc.abstractmethod
-    def build_examples(self, rows: list[dict[str, Any]], where: str) -> list[Example]:
-        """Examples from the raw ``rows`` of one split; errors name ``where`` (the source)."""
-
-
 # -- multiple choice ----------------------------------------------------------------------------
 class MultipleChoiceTask(BenchmarkTask):
     """Options formatted with :func:`format_question`; the answer is the gold option letter."""
@@ -139,16 +95,10 @@ class MultipleChoiceTask(BenchmarkTask):
     #: option letters the extractor looks for (the most options any row of the dataset has)
     labels: str = "ABCD"
 
-    def __init__(
-        self,
-        train_source: str | None,
-        val_source: str | None,
-        test_source: str | None,
-        config_name: str | None,
-        limit: int | None,
-        instruction: str | None,
-    ) -> None:
-        super().__init__(train_source, val_source, test_source, config_name, limit)
+    def __init__(self, instruction: str | None = DEFAULT_INSTRUCTION, **dataset: Any) -> None:
+        """``dataset``: :class:`BenchmarkTask`'s ``train_source``, ``val_source``, ``test_source``, ``config_name``,
+        ``limit``; ``instruction``: the line asking for the answer letter (None: none)."""
+        super().__init__(**dataset)
         self.instruction = instruction
 
     def make_example(
@@ -187,17 +137,8 @@ class ARCChallengeTask(MultipleChoiceTask):
     labels = "ABCDE"
     hub_splits = {"train": "train", "val": "validation", "test": "test"}
     required_fields = ("id", "question", "choices", "answerKey")
-
-    def __init__(
-        self,
-        train_source: str | None = "allenai/ai2_arc",
-        val_source: str | None = "allenai/ai2_arc",
-        test_source: str | None = "allenai/ai2_arc",
-        config_name: str | None = "ARC-Challenge",
-        limit: int | None = None,
-        instruction: str | None = DEFAULT_INSTRUCTION,
-    ) -> None:
-        super().__init__(train_source, val_source, test_source, config_name, limit, instruction)
+    default_sources = {"train": "allenai/ai2_arc", "val": "allenai/ai2_arc", "test": "allenai/ai2_arc"}
+    default_config_name = "ARC-Challenge"
 
     def build_examples(self, rows: list[dict[str, Any]], where: str) -> list[Example]:
         out = []
@@ -226,17 +167,8 @@ class MMLUProTask(MultipleChoiceTask):
     labels = LETTERS
     hub_splits = {"val": "validation", "test": "test"}
     required_fields = ("question_id", "question", "options", "answer")
-
-    def __init__(
-        self,
-        train_source: str | None = None,
-        val_source: str | None = "TIGER-Lab/MMLU-Pro",
-        test_source: str | None = "TIGER-Lab/MMLU-Pro",
-        config_name: str | None = None,
-        limit: int | None = None,
-        instruction: str | None = DEFAULT_INSTRUCTION,
-    ) -> None:
-        super().__init__(train_source, val_source, test_source, config_name, limit, instruction)
+    default_sources = {"train": None, "val": "TIGER-Lab/MMLU-Pro", "test": "TIGER-Lab/MMLU-Pro"}
+    default_config_name = None
 
     def build_examples(self, rows: list[dict[str, Any]], where: str) -> list[Example]:
         out = []
@@ -272,19 +204,17 @@ class SafetyBenchTask(MultipleChoiceTask):
     name = "safetybench"
     labels = "ABCD"
     required_fields = ()
+    default_sources = {"train": None, "val": None, "test": "thu-coai/SafetyBench"}
+    default_config_name = "dev"
 
     def __init__(
         self,
-        train_source: str | None = None,
-        val_source: str | None = None,
-        test_source: str | None = "thu-coai/SafetyBench",
-        config_name: str | None = "dev",
         language: str = "en",
         answers_file: str | None = None,
-        limit: int | None = None,
         instruction: str | None = DEFAULT_INSTRUCTION,
+        **dataset: Any,
     ) -> None:
-        super().__init__(train_source, val_source, test_source, config_name, limit, instruction)
+        super().__init__(instruction=instruction, **dataset)
         self.language = language
         self.answers_file = answers_file
         self.hub_splits = {split: language for split in ("train", "val", "test")}

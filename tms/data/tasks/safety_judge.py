@@ -39,8 +39,7 @@ import logging
 import re
 from typing import Any, Protocol, Sequence
 
-from tms.data.tasks.base import Example
-from tms.data.tasks.multiple_choice import BenchmarkTask
+from tms.data.tasks.base import BenchmarkTask, Example
 
 log = logging.getLogger(__name__)
 
@@ -214,18 +213,15 @@ def safety_score(judgement: dict, harmful_prompt: bool, criterion: str) -> float
 class JudgedSafetyTask(BenchmarkTask):
     """Prompts graded by ``self.judge``; the answer is ``{"prompt", "harmful", "category"}``."""
 
-    def __init__(
-        self,
-        train_source: str | None,
-        val_source: str | None,
-        test_source: str | None,
-        config_name: str | None,
-        limit: int | None,
-        judge: Judge | None,
-        include_benign: bool,
-        criterion: str,
-    ) -> None:
-        super().__init__(train_source, val_source, test_source, config_name, limit)
+    #: what a subclass's benchmark scores by default: ``harmful_response`` (1 = safe response) or ``refusal``
+    default_criterion: str = "harmful_response"
+
+    def __init__(self, judge: Judge | None = None, include_benign: bool = False, criterion: str | None = None,
+                 **dataset: Any) -> None:
+        """``dataset``: :class:`BenchmarkTask`'s ``train_source``, ``val_source``, ``test_source``, ``config_name``,
+        ``limit``; ``criterion``: None = the benchmark's :attr:`default_criterion`."""
+        super().__init__(**dataset)
+        criterion = self.default_criterion if criterion is None else criterion
         self.judge: Judge | None = judge
         self.include_benign = bool(include_benign)
         if criterion not in ("harmful_response", "refusal"):
@@ -262,19 +258,9 @@ class WildGuardTestTask(JudgedSafetyTask):
     name = "wildguardtest"
     hub_splits = {"train": "test", "val": "test", "test": "test"}
     required_fields = ("prompt",)
-
-    def __init__(
-        self,
-        train_source: str | None = None,
-        val_source: str | None = None,
-        test_source: str | None = "allenai/wildguardmix",
-        config_name: str | None = "wildguardtest",
-        limit: int | None = None,
-        judge: Judge | None = None,
-        include_benign: bool = False,
-        criterion: str = "harmful_response",
-    ) -> None:
-        super().__init__(train_source, val_source, test_source, config_name, limit, judge, include_benign, criterion)
+    default_sources = {"train": None, "val": None, "test": "allenai/wildguardmix"}
+    default_config_name = "wildguardtest"
+    default_criterion = "harmful_response"
 
     def build_examples(self, rows: list[dict[str, Any]], where: str) -> list[Example]:
         _require_columns(rows, ("adversarial", "prompt_harm_label", "response_harm_label", "subcategory"), where)
@@ -295,19 +281,9 @@ class WildJailbreakTask(JudgedSafetyTask):
     name = "wildjailbreak"
     hub_splits = {"train": "train", "val": "train", "test": "train"}
     required_fields = ("adversarial",)
-
-    def __init__(
-        self,
-        train_source: str | None = None,
-        val_source: str | None = None,
-        test_source: str | None = "allenai/wildjailbreak",
-        config_name: str | None = "eval",
-        limit: int | None = None,
-        judge: Judge | None = None,
-        include_benign: bool = False,
-        criterion: str = "refusal",
-    ) -> None:
-        super().__init__(train_source, val_source, test_source, config_name, limit, judge, include_benign, criterion)
+    default_sources = {"train": None, "val": None, "test": "allenai/wildjailbreak"}
+    default_config_name = "eval"
+    default_criterion = "refusal"
 
     def build_examples(self, rows: list[dict[str, Any]], where: str) -> list[Example]:
         _require_columns(rows, ("data_type",), where)

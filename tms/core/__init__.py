@@ -1,0 +1,1 @@
+"""Core (the bottom layer): IO, errors, the stage cache and code identity, distributed processes, seeds, tracking."""

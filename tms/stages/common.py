@@ -1,0 +1,72 @@
+"""What every stage shares: the model reference passed between stages, and the parts of the stage keys they share.
+
+A stage's key holds exactly the config that determines its outputs (:mod:`tms.core.cache` adds the code identity):
+``data_key`` (the data block without the target source, so α / p(t) sweeps share Stage 1 and the harvest),
+``train_key`` (the training hyperparameters, the accumulation and world size, precision and strategy), and a
+:class:`ModelRef`'s ``identity`` (a hub id, a local directory's fingerprint or the stage that built it).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from tms.core.cache import Stage
+from tms.core.distributed import accumulation, world_size
+from tms.core.keys import plain
+
+
+@dataclass
+class ModelRef:
+    """A model every stage can load: its path and the identity used in stage keys."""
+
+    path: str
+    identity: Any
+
+
+def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    m = cfg.model
+    return {"dtype": m.get("dtype", "auto"), "attn_implementation": m.get("attn_implementation"),
+            "trust_remote_code": bool(m.get("trust_remote_code", False)), "revision": m.get("revision")}
+
+
+def local_fingerprint(path: str) -> dict[str, Any]:
+    """Identity of a local model directory: its path and its weight files' sizes and mtimes."""
+    p = Path(os.path.expanduser(path)).resolve()
+    files = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin"))
+    return {"path": str(p), "weights": [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]}
+
+
+def data_key(cfg: DictConfig) -> dict[str, Any]:
+    d = plain(cfg.data)
+    d.pop("target_source", None)
+    return d
+
+
+def train_key(cfg: DictConfig) -> dict[str, Any]:
+    key = {"sft": plain(cfg.sft), "accumulate": accumulation(cfg.sft, cfg.trainer), "world_size": world_size(cfg.trainer),
+           "precision": cfg.trainer.precision, "model": model_kwargs(cfg),
+           "gradient_checkpointing": bool(cfg.model.get("gradient_checkpointing", False))}
+    if cfg.get("callbacks"):  # the user's callbacks group may change training (e.g. early stopping)
+        key["callbacks"] = plain(cfg.callbacks)
+    strategy = plain(cfg.trainer.get("strategy"))
+    if strategy not in (None, "auto"):  # DDP / FSDP / FSDP2 change the numerics (sharding, mixed precision)
+        key["strategy"] = strategy
+    return key
+
+
+def final_checkpoint(stage: Stage) -> ModelRef:
+    idx = stage.manifest()["info"]["trajectory"]
+    last = idx["checkpoints"][str(idx["T"])]
+    return ModelRef(str(stage.dir / "checkpoints" / last["path"]), {"stage": f"{stage.name}/{stage.hash}", "t": idx["T"]})
+
+
+def link(path: Path, target: Path) -> None:
+    """A symlink in the run directory to a cached stage output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.symlink_to(Path(target).resolve(), target_is_directory=True)

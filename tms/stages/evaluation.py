@@ -1,0 +1,153 @@
+"""The evaluation stage: one model on the suite against θ0 (cached per model and suite), and SFT's checkpoint curve.
+
+``run_eval`` is the cached ``eval`` stage (:func:`tms.evaluation.suite.evaluate_model` writes its ``results.json``);
+``summarize`` adds the Δ metrics against θ0 (:func:`tms.evaluation.suite.relative_metrics`); ``model_ref`` gives a
+model named by path the identity the pipeline gives it, so ``python evaluate.py`` shares the pipeline's stages.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from tms.config.eval import suite_names
+from tms.core.io import read_json, write_json
+from tms.core.keys import plain, stage
+from tms.evaluation.suite import evaluate_model, relative_metrics
+from tms.stages.common import ModelRef, data_key, local_fingerprint, model_kwargs
+
+log = logging.getLogger(__name__)
+
+
+def eval_tasks(cfg: DictConfig) -> dict[str, Any]:
+    return {name: instantiate(node) for name, node in cfg.eval.benchmarks.items()}
+
+
+def run_eval(cfg: DictConfig, model: ModelRef, base: ModelRef) -> dict[str, Any]:
+    """Absolute evaluation of one model (a cached stage; θ0's is computed once per suite)."""
+
+    suite = plain(cfg.eval)
+    suite.pop("benchmarks", None)
+    key = {"model": model.identity, "base": base.identity, "suite": plain(cfg.eval), "pld_data": data_key(cfg),
+           "seed": int(cfg.seed)}
+    def fill(out: Path, info: dict) -> None:  # rank 0 alone in a multi-process job
+        res = evaluate_model(model.path, suite, eval_tasks(cfg), base.path, instantiate(cfg.data.task),
+                             model_kwargs(cfg), int(cfg.seed))
+        write_json(out / "results.json", res)
+        info["target"] = res["target"]
+
+    done = stage(cfg, "eval", key).ensure(fill, seed=int(cfg.seed), ranks="zero")
+    return read_json(done.dir / "results.json")
+
+
+def summarize(name: str, res: dict[str, Any], base_res: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
+    suite = plain(cfg.eval)
+    return {"method": name, **res, **relative_metrics(res, base_res, suite)}
+
+
+def _stage_of(directory: Path) -> dict[str, Any] | None:
+    """``{"stage": "<name>/<hash>"}`` of a finished cached stage directory, else None."""
+    manifest = directory / "manifest.json"
+    if not manifest.is_file():
+        return None
+    m = read_json(manifest)
+    if m.get("status") != "complete" or directory.name != m.get("hash"):
+        return None
+    return {"stage": f"{m['stage']}/{m['hash']}"}
+
+
+def model_ref(path: str) -> ModelRef:
+    """A :class:`ModelRef` for a model given by path (or hub id), with the pipeline's identity if cached.
+
+    * ``<cache>/<stage>/<hash>/checkpoints/<dir>`` listed in that stage's ``trajectory.json`` → identity
+      ``{"stage": "<stage>/<hash>", "t": t}`` (as :func:`tms.stages.sft.checkpoint_ref` / ``final_checkpoint``);
+    * ``<cache>/base/<hash>/model`` → ``{"stage": "base/<hash>"}`` (as :func:`tms.stages.base_model.resolve_base`);
+    * a pipeline run directory → its ``model`` link, resolved as above;
+    * another local directory → its weight files' fingerprint; anything else → a hub id.
+    """
+    p = Path(os.path.expanduser(path))
+    if (p / "model").is_dir() and not (p / "config.json").is_file():
+        p = p / "model"
+    if not p.exists():
+        return ModelRef(path, {"hub": path, "revision": None})
+    p = p.resolve()
+    index = p.parent / "trajectory.json"
+    if p.parent.name == "checkpoints" and index.is_file() and (stage := _stage_of(p.parent.parent)):
+        for t, entry in read_json(index)["checkpoints"].items():
+            if entry["path"] == p.name:
+                return ModelRef(str(p), {**stage, "t": int(t)})
+    if p.name == "model" and (stage := _stage_of(p.parent)) and stage["stage"].startswith("base/"):
+        return ModelRef(str(p), stage)
+    return ModelRef(str(p), local_fingerprint(str(p)))
+
+
+def checkpoints_dir(path: str | Path) -> Path:
+    """The directory holding ``trajectory.json``: given itself, a stage directory or a run directory."""
+    p = Path(os.path.expanduser(str(path)))
+    for cand in (p, p / "checkpoints"):
+        if (cand / "trajectory.json").is_file():
+            return cand.resolve()
+    raise FileNotFoundError(f"checkpoints_of={path}: no trajectory.json in it or in its checkpoints/ subdirectory")
+
+
+def checkpoint_curve(cfg: DictConfig, ckpt_dir: str | Path, base: ModelRef) -> dict[str, Any]:
+    """θ0 (t = 0) and each of the T checkpoints evaluated on the suite (one cached ``eval`` stage each).
+
+    Returns ``{"T", "total_steps", "suite", "checkpoints": [{t, step, model, target, scores, retention,
+    retention_mean, forgetting, xfer, kl_to_base, kl_from_base, pld, pld_train}, ...]}``: ``kl_to_base`` is
+    KL(π_t ‖ π_0) and ``kl_from_base`` the forward KL(π_0 ‖ π_t) (None for a cached result that predates
+    it), ``pld`` is the held-out PLD of the evaluation (eq. 4.2, same definition for every model),
+    ``pld_train`` the one logged during SFT.
+    """
+    ckpt_dir = checkpoints_dir(ckpt_dir)
+    index = read_json(ckpt_dir / "trajectory.json")
+    base_res = run_eval(cfg, base, base)
+    names = suite_names(cfg)
+    points = []
+    for t in range(int(index["T"]) + 1):
+        entry = index["checkpoints"].get(str(t), {}) if t else {}
+        ref = base if t == 0 else model_ref(str(ckpt_dir / entry["path"]))
+        row = summarize(f"t={t}", run_eval(cfg, ref, base), base_res, cfg)
+        ret = row["retention"]
+        points.append({
+            "t": t, "step": int(entry.get("step", 0)), "model": ref.path, "target": row["target"],
+            "scores": row["scores"], "retention": ret,
+            "retention_mean": sum(ret.values()) / len(ret) if ret else None,
+            "forgetting": row["forgetting"], "xfer": row["xfer"], "kl_to_base": row["kl_to_base"],
+            "kl_from_base": row.get("kl_from_base"),
+            "pld": row.get("pld"), "pld_train": {k: entry[k] for k in ("pld", "nll_token") if k in entry} or None,
+        })
+        log.info("checkpoint t=%d: target %.3f, retention %s", t, row["target"], points[-1]["retention_mean"])
+    return {"T": int(index["T"]), "total_steps": index.get("total_steps"), "suite": names,
+            "checkpoints_dir": str(ckpt_dir), "checkpoints": points}
+
+
+def check_same_base(model: ModelRef, base: ModelRef, cache_dir: str) -> None:
+    """Warn when a cached trained model's stage was built from another θ0 than the configured one."""
+    ident = model.identity if isinstance(model.identity, dict) else {}
+    if "stage" not in ident or "t" not in ident:
+        return
+    manifest = Path(os.path.expanduser(cache_dir)) / ident["stage"] / "manifest.json"
+    trained_from = read_json(manifest)["key"].get("base") if manifest.is_file() else None
+    if trained_from is not None and trained_from != base.identity:
+        log.warning("%s was trained from θ0 %s, not from the configured θ0 %s: its Δ and KL-to-base are against "
+                    "the configured one (compose the run's own config, e.g. the same experiment=)",
+                    model.path, trained_from, base.identity)
+
+
+def default_label(model: ModelRef, base: ModelRef, given: str | None = None) -> str:
+    """``base`` for θ0; a run directory's method; ``<stage>@t=<t>`` for a cached checkpoint; else the dir name."""
+    if model.path == base.path:
+        return "base"
+    run_results = Path(os.path.expanduser(str(given or ""))) / "results.json"
+    if given and run_results.is_file() and read_json(run_results).get("method"):
+        return str(read_json(run_results)["method"])
+    ident = model.identity
+    if isinstance(ident, dict) and "stage" in ident:
+        name = str(ident["stage"]).split("/")[0]
+        return f"{name}@t={ident['t']}" if "t" in ident else name
+    return Path(model.path).name
