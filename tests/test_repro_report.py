@@ -279,3 +279,13 @@ def test_cli_rerenders_from_the_copied_inputs(rendered, tmp_path, capsys):
     assert again.split("## Reading")[1].split("## How to regenerate")[0] == \
         md.split("## Reading")[1].split("## How to regenerate")[0].replace("](toy_reproduction/", "](again/")
     assert out.is_dir()
+
+
+def test_the_header_gives_the_wall_time_of_a_parallel_run():
+    from tms.repro.markdown import header_md
+
+    meta = {"command": "python repro.py", "jobs": 2, "wall_seconds": 125.0, "timings": {"a": 100.0, "b": 90.0}}
+    text = header_md(meta, ["results.csv"])
+    assert "Sum of the entries: 190 s (0:03:10)." in text
+    assert "ran 2 at a time" in text and "took 125 s (0:02:05) from start to end" in text
+    assert "at a time" not in header_md({**meta, "jobs": 1}, ["results.csv"])

@@ -68,6 +68,10 @@ def header_md(meta: Mapping[str, Any], inputs: Sequence[str], data_seeds: Sequen
         total = finite(v for _, v in flat if isinstance(v, (int, float)))
         if total:
             lines.append(f"\nSum of the entries: {_duration(math.fsum(total))}.")
+        wall = meta.get("wall_seconds")
+        if isinstance(wall, (int, float)) and int(meta.get("jobs") or 1) > 1:
+            lines.append(f"The runs ran {int(meta['jobs'])} at a time (each entry is its own run's wall time): the "
+                         f"whole command took {_duration(wall)} from start to end.")
     else:
         lines.append("- timings: not recorded")
     return "\n".join(lines) + "\n"

@@ -245,9 +245,11 @@ def reproduce(plan_path: Path, out: Path, md: Path | None, extra: Sequence[str] 
     ``seeds``: replace the plan's seeds (the ablation seeds are kept only where they are among them).
     ``jobs``: runs at once (default: the plan's ``jobs``, else 1), each in its own process with
     ``cores // jobs`` torch threads, after θ0 (which every run needs) is built here with every core; 1 runs them
-    one after another in this process. The rows do not depend on
-    it: every run has its own seed and the stages are shared through the cache (its locks order the builders);
-    results.csv lists them in plan order whatever order they finish in."""
+    one after another in this process. Every run has its own seed and the stages are shared through the cache (its
+    locks order the builders); results.csv lists them in plan order whatever order they finish in. The torch
+    thread count can change float reductions: seed 0 with ``jobs=2`` (1 thread per run on 2 cores) gave the rows of
+    the sequential 2-thread run on 26 of 28 rows; the two others (a sampled metric, the correct-only student)
+    moved by <= 0.005. A rerun with the same ``jobs`` on the same machine reproduces the rows exactly."""
 
     p = OmegaConf.load(plan_path)
     if seeds is not None:
