@@ -64,7 +64,7 @@ TRAINING = ("training/loop.py", "training/callbacks.py", "training/optim.py", "t
             "methods/sft.py")
 #: ``file:name,name`` hashes only those top-level definitions: MATH's gold answer (which decides which training
 #: examples exist) is ``data/tasks/verify.last_boxed``; the rest of verify.py only grades
-DATA = ("data/__init__.py", "data/datamodule.py", "data/formatting.py", "data/resume.py", "data/sources.py",
+DATA = ("data/__init__.py", "data/datamodule.py", "data/formatting.py", "data/position.py", "data/sources.py",
         "data/windows.py", "data/tasks/*.py", "toy/tasks.py", "toy/skills.py", "data/tasks/verify.py:last_boxed,_BOXED")
 #: the trajectory buffer H[t, x] (its storage and the student's view of it)
 BUFFER = ("data/buffer.py",)

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tms.data.formatting import Collator, completion_ids, join_and_truncate, prompt_ids
-from tms.data.resume import LoaderPosition, ResumedDataLoader
+from tms.data.position import LoaderPosition, ResumedDataLoader
 from tms.data.sources import ReferenceSource, TargetSource
 from tms.data.windows import WindowedDataLoader
 from tms.data.tasks.base import Example, Task
@@ -127,7 +127,7 @@ class PostTrainDataModule(L.LightningDataModule):
         self.mixture_counts: dict[int, dict[str, int]] = {}
         self.dropped: dict[str, int] = {}
         self._completion_cache: dict[str, list[int]] = {}
-        self._resume: LoaderPosition | None = None  # restored from a checkpoint, see tms.data.resume
+        self._resume: LoaderPosition | None = None  # restored from a checkpoint, see tms.data.position
 
     # -- setup -------------------------------------------------------------------------------
     def connect(self, tokenizer) -> "PostTrainDataModule":
@@ -240,7 +240,7 @@ class PostTrainDataModule(L.LightningDataModule):
                                  num_workers=self.num_workers, generator=self._loader_generator(epoch))
 
     def state_dict(self) -> dict:
-        """Mixture counts and the data position (saved in Lightning checkpoints, see :mod:`tms.data.resume`)."""
+        """Mixture counts and the data position (saved in Lightning checkpoints, see :mod:`tms.data.position`)."""
         return {"mixture_counts": {str(k): v for k, v in self.mixture_counts.items()},
                 "position": LoaderPosition.of(getattr(self, "trainer", None)).to_dict()}
 

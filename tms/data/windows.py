@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from tms.data.resume import ResumedDataLoader
+from tms.data.position import ResumedDataLoader
 from tms.objectives.nll import completion_mask
 
 

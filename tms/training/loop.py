@@ -4,7 +4,7 @@ Builds the trainer from the ``trainer`` config group, wires the callbacks (T tra
 checkpoints with the PLD curve, throughput, Lightning's resumable ``last.ckpt``, the RNG states, the
 non-finite guard) and resumes from ``last.ckpt`` when the stage directory already holds one: weights,
 optimiser, scheduler, loop counters, RNG states and the data position, so the resumed run trains on
-exactly the batches the uninterrupted one would have (see :mod:`tms.training.resume`, :mod:`tms.data.resume`).
+exactly the batches the uninterrupted one would have (see :mod:`tms.training.resume`, :mod:`tms.data.position`).
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def fit(module, datamodule, tokenizer, out_dir: Path, train_cfg: DictConfig, tra
     if resumed:
         log.info("%s: resuming training from %s", name, last)
     with warnings.catch_warnings():
-        # the data module restores the data position itself (tms.data.resume): Lightning's warning does not apply
+        # the data module restores the data position itself (tms.data.position): Lightning's warning does not apply
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # resuming
         # RL (manual optimisation) checkpoints after the optimiser step of the batch the loop counts as done: a

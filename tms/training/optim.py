@@ -31,8 +31,3 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmu
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def constant(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A constant learning rate (for RL runs that want none)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

@@ -1,7 +1,7 @@
 """What makes a killed training stage resume exactly where it stopped.
 
 Lightning's ``last.ckpt`` already holds the weights, the optimiser and scheduler states and the loop
-counters; the data module adds the data position (:mod:`tms.data.resume`). This module adds
+counters; the data module adds the data position (:mod:`tms.data.position`). This module adds
 
 * :class:`RNGState`: the global RNG states (python, numpy, torch CPU and CUDA) at the checkpoint,
   restored when training restarts, so that dropout or any other draw from the global generators
