@@ -228,7 +228,7 @@ def test_toy_prompt_lengths_before_theta0_bound_the_tokenizer_from_below(smoke_b
     (["eval.sampling.temperature=0"], "eval.sampling.temperature=0 (greedy) with eval.sampling.n=4"),
 ])
 def test_greedy_with_several_samples_on_hf_warns_but_runs(overrides, warning, caplog, tmp_path):
-    with caplog.at_level(logging.WARNING, logger="tms.validation"):
+    with caplog.at_level(logging.WARNING, logger="tms.config"):
         validate(compose(["experiment=smoke", f"cache_dir={tmp_path}", *overrides]))
     assert warning in caplog.text and "identical" in caplog.text
     assert listing(tmp_path) == []
