@@ -12,8 +12,6 @@ from tms.core.io import write_json
 from tms.core.redact import redact
 from tms.core.tracking import prepare_logger
 
-log = logging.getLogger("tms")
-
 
 def run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig

@@ -25,7 +25,6 @@ What it does, given the composed ``conf/eval.yaml`` (the same tree as ``train.ya
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +49,6 @@ from tms.stages.evaluation import (
     run_eval,
     summarize,
 )
-
-log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:

@@ -7,7 +7,6 @@ keys are checked against ``L.Trainer``'s signature and the keys tms sets itself
 from __future__ import annotations
 
 import inspect
-import logging
 import typing
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,10 +22,7 @@ from tms.core.checks import (
     require,
 )
 from tms.core.errors import ConfigError
-from tms.training.loop import RESERVED_TRAINER_KEYS, TMS_TRAINER_KEYS
-
-log = logging.getLogger(__name__)
-
+from tms.training.loop import DEFAULT_TRAINER, RESERVED_TRAINER_KEYS, TMS_TRAINER_KEYS
 
 #: keys of ``sft`` (and of the toy world's ``model.build.pretrain``, which trains with the same loop)
 TRAIN_KEYS = ("num_checkpoints", "epochs", "max_steps", "batch_size", "effective_batch_size", "accumulate_grad_batches",
@@ -122,16 +118,14 @@ def check_trainer(trainer: DictConfig) -> None:
     """Keys tms sets itself (:data:`tms.training.loop.RESERVED_TRAINER_KEYS`) or cannot work with
     (:data:`INCOMPATIBLE_TRAINER_KEYS`), keys ``L.Trainer`` does not take, and the values Lightning would only
     refuse when the trainer is built (after θ0 and earlier stages)."""
-
     import lightning as L
 
-    target = locate("trainer._target_", str(trainer.get("_target_", "lightning.pytorch.Trainer")))
+    target = locate("trainer._target_", str(trainer.get("_target_", DEFAULT_TRAINER)))
     require(isinstance(target, type) and issubclass(target, L.Trainer), "trainer._target_",
             f"{trainer.get('_target_')!r} is not lightning.pytorch.Trainer or a subclass of it")
     require(trainer.get("_partial_", True) is True, "trainer._partial_",
             "must be true: tms completes the trainer's arguments (budget, callbacks, logger) when it builds it")
-    trainer = {k: v for k, v in trainer.items() if k not in ("_target_", "_partial_")}
-    trainer = OmegaConf.create(trainer)
+    trainer = OmegaConf.create({k: v for k, v in trainer.items() if k not in ("_target_", "_partial_")})
     for key in trainer:
         require(key not in RESERVED_TRAINER_KEYS, f"trainer.{key}", RESERVED_TRAINER_KEYS.get(key, ""))
     for key, (accepts, instead) in INCOMPATIBLE_TRAINER_KEYS.items():

@@ -16,8 +16,6 @@ an invalid run fails in seconds and writes nothing. It checks
 """
 from __future__ import annotations
 
-import logging
-
 from omegaconf import DictConfig
 
 from tms.config.eval import check_suite
@@ -41,8 +39,6 @@ from tms.core.checks import build, check_target, integer, known_keys, number, re
 from tms.core.distributed import accumulation, world_size
 from tms.core.errors import ConfigError
 from tms.methods.rl_config import rl_learning_rate, rollout_steps, validate_rl
-
-log = logging.getLogger(__name__)
 
 KINDS = ("sft", "student", "rl")
 

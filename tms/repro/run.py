@@ -114,7 +114,6 @@ def csv_row(row: dict, method: str, seed: int, setting: str, skills: Sequence[st
 
 def sft_curve(cfg: DictConfig) -> list[tuple[int, dict]]:
     """SFT's checkpoints t = 1..T (``sft.num_checkpoints``) of ``cfg``'s Stage 1, each evaluated like a method."""
-
     base = resolve_base(cfg)
     sft = run_sft(cfg, base)  # cached: the SFT run of this seed built it
     T = int(cfg.sft.num_checkpoints)
@@ -179,6 +178,15 @@ def world_summary(cfg: DictConfig, base_info: dict | None) -> dict[str, Any]:
                     "effective_batch_size": int(cfg.sft.effective_batch_size)}}
 
 
+def theta0_info(cfg: DictConfig) -> dict | None:
+    """θ0 of ``cfg`` resolved (built first if the cache lacks it) and its manifest's info (parameters, skill accuracy);
+    None for a θ0 that is not a cached stage (a hub id or a local directory)."""
+    cfg = cfg.copy()
+    cfg.cache_dir = os.path.expanduser(str(cfg.cache_dir))
+    manifest = Path(resolve_base(cfg).path).parent / "manifest.json"
+    return read_json(manifest).get("info") if manifest.is_file() else None
+
+
 @dataclass
 class RunOutput:
     """What one run of the plan adds to the report: its results.csv rows (θ0's first on a main run), buffer rows."""
@@ -186,20 +194,16 @@ class RunOutput:
     rows: list[dict]
     buffer: list[dict]
     seconds: float
-    base_info: dict | None
 
 
 def run_one(spec: RunSpec, cfg: DictConfig, out: Path, p: DictConfig, overrides: Sequence[str] = ()) -> RunOutput:
     """Run ``spec`` (config ``cfg``, already validated) into ``<out>/runs/<name>`` and collect its rows."""
-
     skills = [str(b) for b in cfg.eval.retention]
     run_dir = out / "runs" / spec.name
     t0 = time.perf_counter()
     setup(cfg, run_dir)
     log.info("repro: %s (%s)", spec.name, " ".join(overrides))
     res = run(cfg, run_dir, validated=True)
-    manifest = Path(resolve_base(cfg).path).parent / "manifest.json"
-    base_info = read_json(manifest).get("info") if manifest.is_file() else None
     rows = [csv_row(res["rows"]["base"], "base", spec.seed, "main", skills)] if spec.setting == "main" else []
     rows.append(csv_row(res, spec.method, spec.seed, spec.setting, skills))
     if spec.method == "sft" and spec.setting == "main" and p.get("curve", True):
@@ -207,7 +211,7 @@ def run_one(spec: RunSpec, cfg: DictConfig, out: Path, p: DictConfig, overrides:
     buf = []
     if spec.method == "tms" and spec.setting == "main" and p.get("buffer", True):
         buf = buffer_rows(cfg, run_dir, spec.seed, spec.setting, p.get("buffer_limit"))
-    return RunOutput(rows, buf, round(time.perf_counter() - t0, 1), base_info)
+    return RunOutput(rows, buf, round(time.perf_counter() - t0, 1))
 
 
 def schedule(specs: Sequence[RunSpec]) -> list[RunSpec]:
@@ -273,9 +277,9 @@ def reproduce(plan_path: Path, out: Path, md: Path | None, extra: Sequence[str] 
     def rows() -> list[dict]:  # plan order; θ0's row once per seed, before the seed's first run
         out_rows, seen = [], set()
         for r in (r for spec in specs if spec in done for r in done[spec].rows):
-            if r["method"] == "base" and r["seed"] in seen:
-                continue
             if r["method"] == "base":
+                if r["seed"] in seen:
+                    continue
                 seen.add(r["seed"])
             out_rows.append(r)
         return out_rows
@@ -294,9 +298,7 @@ def reproduce(plan_path: Path, out: Path, md: Path | None, extra: Sequence[str] 
         import multiprocessing as mp
 
         for cfg in {str(c.model): c for c in cfgs.values()}.values():  # θ0, which every run waits for, with every core
-            prebuilt = cfg.copy()
-            prebuilt.cache_dir = os.path.expanduser(str(prebuilt.cache_dir))
-            resolve_base(prebuilt)
+            theta0_info(cfg)
         threads = max(1, (os.cpu_count() or 1) // jobs)
         log.info("repro: %d runs, %d at once, %d torch thread(s) each", len(specs), jobs, threads)
         plain = OmegaConf.to_container(p, resolve=True)
@@ -313,15 +315,13 @@ def reproduce(plan_path: Path, out: Path, md: Path | None, extra: Sequence[str] 
                     raise RuntimeError(f"repro run {s.name} failed: {e}") from e
     wall = round(time.perf_counter() - started, 1)
     timings = {s.name: done[s].seconds for s in specs}
-    base_info = next((done[s].base_info for s in specs if done[s].base_info), None)
     meta = {"command": command, "plan": str(plan_path), "seeds": [int(x) for x in p.seeds], "overrides": list(extra),
-            "world": world_summary(cfgs[specs[0]], base_info), "jobs": jobs, "timings": timings,
+            "world": world_summary(cfgs[specs[0]], theta0_info(cfgs[specs[0]])), "jobs": jobs, "timings": timings,
             "total_seconds": round(sum(timings.values()), 1), "wall_seconds": wall, "git_commit": git_commit(),
             "date": time.strftime("%Y-%m-%d")}
     write_json(out / "meta.json", meta)
     buf = [b for s in specs for b in done[s].buffer]
     if md is not None:
-
         write_report(out / "results.csv", out / "buffer.csv" if buf else None, out, md, meta)
     return {"rows": rows(), "buffer": buf, "meta": meta}
 

@@ -48,6 +48,8 @@ RESERVED_TRAINER_KEYS = {
     "plugins": "set by tms (atomic checkpoint IO)",
 }
 #: keys of the ``trainer`` config group that tms reads itself (not passed to ``L.Trainer`` as they are)
+#: what ``trainer._target_`` defaults to (the trainer node of a config that names none)
+DEFAULT_TRAINER = "lightning.pytorch.Trainer"
 TMS_TRAINER_KEYS = ("checkpoint_every_n_steps", "name", "strategy")
 
 
@@ -74,7 +76,7 @@ def build_trainer(trainer_cfg: DictConfig, train_cfg: DictConfig, out_dir: Path,
     ckpt_every = int(cfg.pop("checkpoint_every_n_steps", 50))
     cfg.pop("name", None)
     strategy = build_strategy(cfg.pop("strategy", "auto"))
-    cfg.setdefault("_target_", "lightning.pytorch.Trainer")
+    cfg.setdefault("_target_", DEFAULT_TRAINER)
     cfg["_partial_"] = True
     user = [instantiate(node) for node in (extra_callbacks or {}).values() if node is not None]
     callbacks = list(callbacks) + [
