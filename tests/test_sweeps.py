@@ -65,6 +65,26 @@ def test_a_T_subset_of_the_shared_stage1_is_the_stage1_of_that_T(smoke_cache):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), t
 
 
+def test_the_harvest_of_a_checkpoint_does_not_depend_on_the_grid_that_numbered_it(smoke_cache):
+    """The harvest seeds by the checkpoint's optimiser step, not by its index: the shared Stage 1's t=3 and the
+    plain Stage 1's t=2 are the same weights (step 4) and get the same samples; another step gets others."""
+    from tms.data.buffer import read_buffer
+    from tms.stages.base_model import resolve_base
+    from tms.stages.harvest import run_harvest
+    from tms.stages.sft import run_sft
+
+    grid3 = compose(["experiment=smoke", f"cache_dir={smoke_cache}", "+sft.grid=[2,3]", "sft.num_checkpoints=3"])
+    plain = compose(["experiment=smoke", f"cache_dir={smoke_cache}", "sft.num_checkpoints=3"])
+    base = resolve_base(plain)
+    shared, alone = run_sft(grid3, base), run_sft(plain, base)
+    (h_shared,), (h_alone, h_other) = run_harvest(grid3, base, shared, [3]), run_harvest(plain, base, alone, [2, 3])
+    a, b, c = (read_buffer(h.dir) for h in (h_shared, h_alone, h_other))
+    assert a.column("step").to_pylist()[0] == b.column("step").to_pylist()[0] == 4
+    assert a.column("t").to_pylist()[0] == 3 and b.column("t").to_pylist()[0] == 2
+    assert a.column("completion").to_pylist() == b.column("completion").to_pylist()
+    assert a.column("completion").to_pylist() != c.column("completion").to_pylist()
+
+
 def test_buffer_relabel_maps_stage1_indices_to_the_students_t(tmp_path):
     from tms.data.buffer import shard_path, write_shard
     from tms.core.cache import Stage

@@ -146,7 +146,7 @@ from tms.core.errors import ConfigError
     (["method=grpo", "rl.baseline=ppo"], r"^rl.baseline"),
     (["method=grpo", "rl.epochs=0"], r"^rl.epochs"),
     (["method=grpo", "rl.max_steps=0"], r"^rl.max_steps"),
-    (["method=grpo", "rl.prompts_per_step=1000"], r"^rl.prompts_per_step: 1000 per device .* 96 training prompts"),
+    (["method=grpo", "rl.prompts_per_step=1000"], r"^rl.prompts_per_step: 1000 prompts per optimiser step is more than the 96 training prompts"),
     (["method=grpo", "rl.num_checkpoints=1000"], r"^rl.num_checkpoints: 1000 is larger than the 6 optimiser steps"),
     (["method=grpo", "rl.lr=-1"], r"^rl.lr"),
     (["method=grpo", "rl.lr_scale=-1"], r"^rl.lr_scale"),

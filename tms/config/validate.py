@@ -2,7 +2,8 @@
 
 Every error is a :class:`ConfigError` that names the config key (or the file) and says how to fix it.
 ``validate(cfg)`` is called by the pipeline before the first stage (before θ0 is built or loaded), so
-an invalid run fails in seconds and writes nothing. It checks
+an invalid run fails in seconds and writes nothing. It first makes the hardware-dependent choices in place
+(:func:`tms.config.hardware.resolve_hardware`: ``trainer=auto``, ``harvest.backend=auto``), then checks
 
 * every key a stage reads, with its type and range: ``model`` (dtype, attention), ``data``, ``sft``
   (and the toy world's ``model.build.pretrain``) with the optimiser's and the scheduler's arguments
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 
 from tms.config.eval import check_suite
 from tms.config.generation import check_harvest
+from tms.config.hardware import resolve_hardware
 from tms.config.inputs import (
     check_batch_sizes,
     check_cache_dir,
@@ -45,7 +47,9 @@ KINDS = ("sft", "student", "rl")
 
 # -- the entry point ------------------------------------------------------------------------------------------------
 def validate(cfg: DictConfig) -> None:
-    """Check types, ranges, files and cross-field constraints of a pipeline config and its inputs."""
+    """Resolve ``auto`` choices from the machine, then check types, ranges, files and cross-field constraints of a
+    pipeline config and its inputs."""
+    resolve_hardware(cfg)  # trainer=auto, harvest.backend=auto: before any weights are loaded
     kind = cfg.method.get("kind")
     require(kind in KINDS, "method.kind", f"must be one of {KINDS}, got {kind!r}")
     integer("seed", cfg.seed, minimum=0)

@@ -1,8 +1,11 @@
 """Trajectory harvest: sample k completions per (checkpoint t, training prompt x) into H[t, x].
 
 ``harvest_checkpoint`` fills the buffer directory of one checkpoint shard by shard. Shard ``i``
-holds prompts ``plan[i]`` and is generated with the seed ``derive_seed(seed, t, i)``, so the
-buffer is a deterministic function of (checkpoint, prompts, sampling, k, seed, shard size) and
+holds prompts ``plan[i]`` and is generated with the seed ``derive_seed(seed, step, i)``, where ``step`` is the
+checkpoint's optimiser step (0 for θ0), not its index t: the index depends on the grid a Stage 1 saves
+(``sft.grid`` renumbers the checkpoints) while the step names the weights, so one checkpoint gets the same
+samples under every grid. The buffer is a deterministic function of (checkpoint, prompts, sampling, k, seed,
+shard size) and
 an interrupted harvest resumes at the first missing shard with no duplicate and no missing
 (t, x, k) row. The model is only loaded when some shard is missing. The same property lets the stage
 cache regenerate one damaged shard of a finished harvest alone (:mod:`tms.core.cache`): shard ``i`` does
@@ -68,7 +71,7 @@ def harvest_checkpoint(
     try:
         for i in pending:
             lo, hi = plan[i]
-            comps = generator.generate(prompts[lo:hi], k, sampling, seed=derive_seed(seed, t, i))
+            comps = generator.generate(prompts[lo:hi], k, sampling, seed=derive_seed(seed, step, i))
             exs = [examples[lo + c.prompt_index] for c in comps]
             scores = task.score([c.text for c in comps], [e.answer for e in exs])
             write_shard(shard_path(out_root, t, i), {

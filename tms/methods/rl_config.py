@@ -92,10 +92,21 @@ def rl_learning_rate(cfg: DictConfig) -> float:
     return float(cfg.rl.get("lr_scale", 1.0)) * float(cfg.sft.optimizer.lr)
 
 
+def prompts_per_device(cfg: DictConfig, world: int) -> int:
+    """Each rank's share of a rollout: ``rl.prompts_per_step`` (P, the prompts of one optimiser step over all
+    devices and nodes, like ``sft.effective_batch_size``) / world. :func:`validate_rl` checks that it divides."""
+    return int(cfg.rl.prompts_per_step) // max(1, int(world))
+
+
 def rollout_steps(cfg: DictConfig, n_prompts: int, world: int) -> int:
-    """Rollouts of the run: ⌈⌈n / world⌉ / prompts_per_step⌉ per epoch × epochs, capped by ``rl.max_steps``."""
+    """Rollouts of the run: ⌈⌈n / world⌉ / (P / world)⌉ per epoch × epochs, capped by ``rl.max_steps``.
+
+    With P = ``sft.effective_batch_size`` (the default) this is SFT's optimiser-step count on every device
+    count whose accumulation divides evenly: ⌈⌈n / world⌉ / (batch · accumulation)⌉ with batch · accumulation
+    · world = P (the matched budget)."""
     rl = cfg.rl
-    return optimizer_steps(n_prompts, int(rl.prompts_per_step), world, 1, int(rl.epochs), int(rl.get("max_steps") or -1))
+    return optimizer_steps(n_prompts, prompts_per_device(cfg, world), world, 1, int(rl.epochs),
+                           int(rl.get("max_steps") or -1))
 
 
 def validate_rl(cfg: DictConfig, n_prompts: int | None = None) -> RLConfig:
@@ -128,10 +139,12 @@ def validate_rl(cfg: DictConfig, n_prompts: int | None = None) -> RLConfig:
     config = RLConfig.from_config(rl)
     if n_prompts is not None:
         world = world_size(cfg.trainer)
-        require(int(rl.prompts_per_step) * world <= n_prompts, "rl.prompts_per_step",
-                f"{rl.prompts_per_step} per device x {world} device(s) is larger than the {n_prompts} training "
-                "prompts; lower rl.prompts_per_step (default: sft.effective_batch_size) or use more data "
-                "(data.train_limit)")
+        require(int(rl.prompts_per_step) % world == 0, "rl.prompts_per_step",
+                f"{rl.prompts_per_step} prompts per optimiser step (over all devices; default sft.effective_batch_size) "
+                f"do not divide evenly over {world} device(s): use a multiple of {world}")
+        require(int(rl.prompts_per_step) <= n_prompts, "rl.prompts_per_step",
+                f"{rl.prompts_per_step} prompts per optimiser step is more than the {n_prompts} training prompts; "
+                "lower rl.prompts_per_step (default: sft.effective_batch_size) or use more data (data.train_limit)")
         steps = rollout_steps(cfg, n_prompts, world) * config.num_iterations
         require(int(rl.num_checkpoints) <= steps, "rl.num_checkpoints",
                 f"{rl.num_checkpoints} is larger than the {steps} optimiser steps of the run; lower it or train longer")

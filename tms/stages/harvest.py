@@ -9,6 +9,7 @@ import pyarrow as pa
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from tms.config.hardware import resolve_backend
 from tms.core import distributed
 from tms.core.cache import Stage
 from tms.core.keys import plain, stage
@@ -42,6 +43,7 @@ def run_harvest(cfg: DictConfig, base: ModelRef, sft: Stage | None, ts: list[int
     world on its own device; the buffer is the same as one process's, shard seeds do not depend on
     the rank); vLLM (tensor-parallel over ``harvest.tensor_parallel_size`` GPUs) runs on rank 0 alone.
     """
+    resolve_backend(cfg)  # harvest.backend=auto (validate() has done it already in a pipeline run)
     check_backend(cfg.harvest.backend)
     task = instantiate(cfg.data.task)
     examples = task.examples("train", cfg.data.get("train_limit"))

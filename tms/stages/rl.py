@@ -18,11 +18,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tms.core.cache import Stage
+from tms.core.distributed import world_size
 from tms.core.io import read_json, write_json
 from tms.core.keys import plain, stage
 from tms.data.datamodule import PostTrainDataModule
 from tms.methods.rl import RLModule
 from tms.methods.rl_config import (
+    prompts_per_device,
     RLConfig,
     reward_summary,
     rl_learning_rate,
@@ -61,7 +63,7 @@ def run_rl(cfg: DictConfig, base: ModelRef) -> Stage:
     def fill(out: Path, info: dict) -> None:  # every rank of a multi-process job takes part in trainer.fit
         rl = cfg.rl
         tok = load_tokenizer(base.path, trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
-        dm = PostTrainDataModule(task, batch_size=int(rl.prompts_per_step), max_length=int(cfg.data.max_length),
+        dm = PostTrainDataModule(task, batch_size=prompts_per_device(cfg, world_size(cfg.trainer)), max_length=int(cfg.data.max_length),
                                  seed=int(cfg.seed), train_limit=cfg.data.get("train_limit"),
                                  val_limit=cfg.data.get("val_limit"), mode="prompts",
                                  batch_repeats=config.num_iterations).connect(tok)
