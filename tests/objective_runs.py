@@ -92,7 +92,8 @@ def run(base: str, mode: str, batch: int, acc: int, steps: int = 1, old_objectiv
     if mode == "sft":
         class OldSFT(SFTModule):
             def training_step(self, b, i):
-                return masked_nll(self.forward_logits(b["input_ids"], b["attention_mask"]), b["labels"])[0]
+                logits = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+                return masked_nll(logits, b["labels"])[0]
 
         module = (OldSFT if old_objective else SFTModule)(base, optimizer=sgd, **kwargs)
         dm = PostTrainDataModule(RaggedTask(), batch_size=batch, max_length=96, seed=0).connect(tok)

@@ -52,9 +52,9 @@ class Probe(SFTModule):
             raise Crash(f"crash before step {self.crash_at}")
         self.seen.append(fingerprint(batch))
 
-    def forward_logits(self, input_ids, attention_mask):
-        logits = super().forward_logits(input_ids, attention_mask)
-        return logits * float("nan") if self.training and self.poisoned("logits") else logits
+    def batch_logprobs(self, batch, model=None, temperature=1.0, entropy=False):
+        logp, mask, ent = super().batch_logprobs(batch, model, temperature, entropy)
+        return (logp * float("nan") if self.training and self.poisoned("logits") else logp), mask, ent
 
     def training_step(self, batch, batch_idx):
         if self.poisoned("grad"):

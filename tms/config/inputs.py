@@ -25,7 +25,7 @@ from typing import Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from tms.core.cache import REUSE_MODES
-from tms.core.checks import require
+from tms.core.checks import integer, require
 from tms.core.errors import ConfigError
 from tms.core.redact import secret_items
 from tms.data.formatting import prompt_ids
@@ -48,6 +48,7 @@ def check_model(cfg: DictConfig) -> None:
     dtype = m.get("dtype", "auto")
     require(dtype in (None, "auto") or dtype in DTYPES, "model.dtype",
             f"unknown dtype {dtype!r}; expected 'auto' or one of {sorted(DTYPES)}")
+    integer("model.logprob_chunk", m.get("logprob_chunk"), optional=True)  # positions per LM-head chunk; null: all
     attn = m.get("attn_implementation")
     if attn is not None:
         try:

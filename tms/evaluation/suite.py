@@ -114,7 +114,8 @@ def sample_kl(sampler: HFGenerator, other_model, task_examples: list[tuple[Task,
     """
     prompts, comps = kl_samples(sampler, task_examples, n, max_new_tokens, seed)
     other_lp = score_completions(other_model, [prompts[c.prompt_index] for c in comps], [c.token_ids for c in comps],
-                                 sampler.tokenizer.pad_token_id, batch_size=sampler.batch_size)
+                                 sampler.tokenizer.pad_token_id, batch_size=sampler.batch_size,
+                                 logprob_chunk=sampler.logprob_chunk)
     return M.kl_to_base([torch.tensor(c.logprobs) for c in comps], [torch.tensor(b) for b in other_lp],
                         prompt_ids=[c.prompt_index for c in comps], estimator=estimator)
 
@@ -140,12 +141,12 @@ def kl_from_base(gen: HFGenerator, base_model, task_examples: list[tuple[Task, l
     directions are comparable). θ0 samples with ``gen``'s tokenizer and batch size, so its samples are a
     deterministic function of (θ0, prompts, n, seed, batch size), whatever π_θ is.
     """
-    sampler = HFGenerator(base_model, gen.tokenizer, batch_size=gen.batch_size)
+    sampler = HFGenerator(base_model, gen.tokenizer, batch_size=gen.batch_size, logprob_chunk=gen.logprob_chunk)
     return sample_kl(sampler, gen.model, task_examples, max_new_tokens, seed, n=n, estimator=estimator)
 
 
 def completion_nll(model, tok, task: Task, examples, completions: list[str],
-                   batch_size: int = 32) -> dict[str, float]:
+                   batch_size: int = 32, chunk: int | None = None) -> dict[str, float]:
     r"""Per-sequence and per-token NLL of the texts ``completions[j]`` given the prompts of ``examples[j]``.
 
     Each target is tokenised as in training (:func:`completion_ids`: the text, then eos) after the chat
@@ -158,24 +159,27 @@ def completion_nll(model, tok, task: Task, examples, completions: list[str],
         raise ValueError(f"completion_nll: {len(examples)} examples but {len(completions)} completions")
     prompts = _prompts(tok, task, examples)
     targets = [completion_ids(tok, text) for text in completions]
-    lps = score_completions(model, prompts, targets, tok.pad_token_id, batch_size=batch_size)
+    lps = score_completions(model, prompts, targets, tok.pad_token_id, batch_size=batch_size, logprob_chunk=chunk)
     nll = [-sum(lp) for lp in lps]
     return {"pld": M.pld(nll), "nll_token": M.pld_per_token([(v, len(lp)) for v, lp in zip(nll, lps)]),
             "n": len(examples)}
 
 
-def reference_nll(model, tok, task: Task, examples) -> dict[str, float]:
+def reference_nll(model, tok, task: Task, examples, chunk: int | None = None) -> dict[str, float]:
     """Held-out PLD: per-sequence and per-token NLL of the references (eq. 4.2), via :func:`completion_nll`."""
-    return completion_nll(model, tok, task, examples, [e.reference for e in examples])
+    return completion_nll(model, tok, task, examples, [e.reference for e in examples], chunk=chunk)
 
 
 def evaluate_model(model_path: str, suite: Mapping[str, Any], tasks: Mapping[str, Task], base_path: str | None,
-                   pld_task: Task | None, model_kwargs: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """Absolute metrics of the model at ``model_path`` (see the module docstring)."""
+                   pld_task: Task | None, model_kwargs: Mapping[str, Any], seed: int,
+                   logprob_chunk: int | None = None) -> dict[str, Any]:
+    """Absolute metrics of the model at ``model_path`` (see the module docstring). ``logprob_chunk``: every
+    teacher-forced score (KL, PLD) through the memory-bounded LM-head path (:mod:`tms.objectives.head_logprobs`)."""
 
     gen = HFGenerator.from_pretrained(model_path, batch_size=int(suite.get("batch_size", 64)),
                                       dtype=model_kwargs.get("dtype", "auto"),
-                                      trust_remote_code=bool(model_kwargs.get("trust_remote_code", False)))
+                                      trust_remote_code=bool(model_kwargs.get("trust_remote_code", False)),
+                                      logprob_chunk=logprob_chunk)
     limit, max_new = suite.get("limit"), int(suite["max_new_tokens"])
     split = suite.get("split", "test")
     examples = {name: task.examples(split, limit) for name, task in tasks.items()}
@@ -205,7 +209,8 @@ def evaluate_model(model_path: str, suite: Mapping[str, Any], tasks: Mapping[str
             out[key][group] = direction(gen, base_model, pairs, max_new, seed, n=int(kl.get("n", 1)),
                                         estimator=str(kl.get("estimator", "k1")))
     if pld_task is not None:
-        out["pld"] = reference_nll(gen.model, gen.tokenizer, pld_task, pld_task.examples("val", suite.get("pld_limit")))
+        out["pld"] = reference_nll(gen.model, gen.tokenizer, pld_task, pld_task.examples("val", suite.get("pld_limit")),
+                                   chunk=gen.logprob_chunk)
     gen.close()
     return out
 

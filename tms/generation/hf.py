@@ -54,17 +54,18 @@ class HFGenerator:
         batch_size: sequences per ``generate`` call.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 64) -> None:
+    def __init__(self, model, tokenizer, batch_size: int = 64, logprob_chunk: int | None = None) -> None:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, int(batch_size)
+        self.logprob_chunk = logprob_chunk  # SamplingParams.logprobs through the memory-bounded head path
         self.eos = eos_ids(model, tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str, batch_size: int = 64, device: str | None = None, dtype="auto",
-                        trust_remote_code: bool = False) -> "HFGenerator":
+                        trust_remote_code: bool = False, logprob_chunk: int | None = None) -> "HFGenerator":
         tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
         model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), tok, batch_size)
+        return cls(model.to(device), tok, batch_size, logprob_chunk=logprob_chunk)
 
     def _generation_config(self, sampling: SamplingParams):
         """Exactly the configured policy; a ``None`` here would be filled from the model or global defaults."""
@@ -125,7 +126,7 @@ class HFGenerator:
         if sampling.logprobs:
             lps = score_completions(self.model, [prompts[c.prompt_index] for c in completions],
                                     [c.token_ids for c in completions], self.tokenizer.pad_token_id,
-                                    batch_size=self.batch_size)
+                                    batch_size=self.batch_size, logprob_chunk=self.logprob_chunk)
             for c, lp in zip(completions, lps):
                 c.logprobs = lp
         return completions

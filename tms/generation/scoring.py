@@ -11,13 +11,15 @@ from typing import Sequence
 import torch
 
 from tms.data.formatting import collate_right_padded
-from tms.objectives.nll import token_logprobs
+from tms.objectives.head_logprobs import model_token_logprobs
 
 
 @torch.no_grad()
 def score_completions(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int,
-                      batch_size: int = 32) -> list[list[float]]:
-    """Per-token log-probs of each completion given its prompt (ragged list, one float per token)."""
+                      batch_size: int = 32, logprob_chunk: int | None = None) -> list[list[float]]:
+    """Per-token log-probs of each completion given its prompt (ragged list, one float per token).
+
+    ``logprob_chunk``: memory-bounded log-probs through the LM head (:mod:`tms.objectives.head_logprobs`); None: full logits."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -29,8 +31,8 @@ def score_completions(model, prompts: Sequence[Sequence[int]], completions: Sequ
             continue
         batch = collate_right_padded([(list(prompts[i]) + list(completions[i]), len(prompts[i])) for i in chunk], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        logp, mask = token_logprobs(logits, batch["labels"])
+        logp, mask, _ = model_token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                             chunk=logprob_chunk)
         for row, i in enumerate(chunk):
             out[i] = logp[row][mask[row]].float().cpu().tolist()
     model.train(was_training)

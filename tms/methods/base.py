@@ -10,7 +10,7 @@ import torch
 from tms.core.io import atomic_dir
 from tms.models.loading import load_model
 from tms.models.strategies import full_state_dict
-from tms.objectives.nll import token_logprobs
+from tms.objectives.head_logprobs import model_token_logprobs
 from tms.training.numerics import NonFiniteGuard
 
 
@@ -24,15 +24,19 @@ class CausalLMModule(L.LightningModule):
             every optimiser step.
         model_kwargs: passed to :func:`tms.models.loading.load_model` (dtype, attn_implementation, ...).
         gradient_checkpointing: trade compute for memory on large models.
+        logprob_chunk: positions projected through the LM head at a time when computing token log-probs
+            (:mod:`tms.objectives.head_logprobs`: no ``[B, L, V]`` float32 logits); None: the full logits.
     """
 
     def __init__(self, model_path: str, optimizer: Callable, scheduler: Callable | None = None,
-                 model_kwargs: dict[str, Any] | None = None, gradient_checkpointing: bool = False) -> None:
+                 model_kwargs: dict[str, Any] | None = None, gradient_checkpointing: bool = False,
+                 logprob_chunk: int | None = None) -> None:
         super().__init__()
         self.model_path = str(model_path)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.model_kwargs = dict(model_kwargs or {})
         self.gradient_checkpointing = gradient_checkpointing
+        self.logprob_chunk = int(logprob_chunk) if logprob_chunk else None
         self.model = None
 
     def configure_model(self) -> None:
@@ -57,8 +61,12 @@ class CausalLMModule(L.LightningModule):
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def batch_logprobs(self, batch: dict[str, torch.Tensor], model=None, temperature: float = 1.0,
+                       entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(logp, mask, entropy)`` of the batch's labelled tokens under ``model`` (default: the trained one), through
+        :func:`~tms.objectives.head_logprobs.model_token_logprobs` with this module's ``logprob_chunk``."""
+        return model_token_logprobs(self.model if model is None else model, batch["input_ids"], batch["attention_mask"],
+                                    batch["labels"], temperature, self.logprob_chunk, entropy)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -94,7 +102,7 @@ class CausalLMModule(L.LightningModule):
         acc = torch.zeros(3, dtype=torch.float64, device=self.device)
         for batch in loader:
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            logp, mask = token_logprobs(self.forward_logits(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+            logp, mask, _ = self.batch_logprobs(batch)
             acc += torch.stack([-logp.sum().double(), torch.tensor(float(logp.shape[0]), device=self.device,
                                 dtype=torch.float64), mask.sum().double()])
         if self._trainer is not None and self.trainer.world_size > 1:

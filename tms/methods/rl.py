@@ -54,12 +54,12 @@ from tms.data.formatting import collate_right_padded
 from tms.generation.base import SamplingParams
 from tms.core.seeds import derive_seed
 from tms.generation.hf import HFGenerator
-from tms.objectives.nll import completion_mask, token_logprobs
+from tms.objectives.nll import completion_mask
 from tms.methods.base import CausalLMModule
 from tms.methods.rl_config import RLConfig
 from tms.models.loading import load_model
 from tms.objectives.policy_gradient import (aggregate, ema_update, grpo_loss, group_advantages, kl_penalty_k3,
-                           leave_one_out_advantages, masked_entropy, reinforce_advantages)
+                           leave_one_out_advantages, reinforce_advantages)
 
 
 @dataclasses.dataclass
@@ -109,8 +109,8 @@ class RLModule(CausalLMModule):
 
     def __init__(self, model_path: str, optimizer: Callable, scheduler: Callable | None = None,
                  model_kwargs: dict[str, Any] | None = None, gradient_checkpointing: bool = False, *,
-                 reward_fn: Callable, rl: RLConfig, seed: int = 0) -> None:
-        super().__init__(model_path, optimizer, scheduler, model_kwargs, gradient_checkpointing)
+                 reward_fn: Callable, rl: RLConfig, seed: int = 0, logprob_chunk: int | None = None) -> None:
+        super().__init__(model_path, optimizer, scheduler, model_kwargs, gradient_checkpointing, logprob_chunk)
         self.automatic_optimization = False
         self.reward_fn, self.rl, self.seed = reward_fn, rl, int(seed)
         self.baseline: float | None = None
@@ -133,9 +133,6 @@ class RLModule(CausalLMModule):
             ref.to(self.device)
         return ref
 
-    def _policy_logits(self, model, mb: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False).logits
-        return logits / self.rl.temperature
 
     def _micro_batches(self, batch: dict[str, torch.Tensor]) -> Iterator[tuple[slice, int, dict[str, torch.Tensor]]]:
         """``(rows, width, micro-batch)`` with trailing padding columns cut (right padding: only pads)."""
@@ -198,7 +195,7 @@ class RLModule(CausalLMModule):
         """``[N, L-1]`` per-token log-probs of the completions under ``model`` (no grad, micro-batched)."""
         out = torch.zeros(batch["labels"][:, 1:].shape, device=self.device, dtype=self._logp_dtype())
         for rows, width, mb in self._micro_batches(batch):
-            out[rows, : width - 1] = token_logprobs(self._policy_logits(model, mb), mb["labels"])[0]
+            out[rows, : width - 1] = self.batch_logprobs(mb, model, self.rl.temperature)[0]
         return out
 
     def _log_rollout(self, ro: Rollout) -> None:
@@ -241,8 +238,7 @@ class RLModule(CausalLMModule):
             stats[name] = stats.get(name, 0.0) + value.detach().float() * weight
 
         for rows, width, mb in self._micro_batches(ro.batch):
-            logits = self._policy_logits(self.model, mb)
-            logp, mask = token_logprobs(logits, mb["labels"])
+            logp, mask, entropy = self.batch_logprobs(mb, temperature=self.rl.temperature, entropy=True)
             if first:  # the sampling weights: π_old = π_θ here, so the ratio of this pass is exactly 1
                 ro.logp_old[rows, : width - 1] = logp.detach()
             ref = ro.logp_ref[rows, : width - 1] if ro.logp_ref is not None else None
@@ -254,7 +250,7 @@ class RLModule(CausalLMModule):
             token_share = mask.sum() / n_tokens
             add("loss", loss, share)
             add("clip_fraction", mb_stats["clip_fraction"], token_share)
-            add("entropy", masked_entropy(logits.detach(), mb["labels"]), token_share)
+            add("entropy", entropy, token_share)
             if ref is not None:
                 kl = mb_stats.get("kl")
                 add("kl", kl if kl is not None else aggregate(kl_penalty_k3(logp.detach(), ref, mask), mask, "token_mean"),

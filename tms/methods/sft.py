@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from tms.objectives.nll import masked_nll_sum, step_token_mean
+from tms.objectives.nll import step_token_mean
 from tms.methods.base import CausalLMModule
 
 
@@ -33,8 +33,8 @@ class SFTModule(CausalLMModule):
         self._step_nll: torch.Tensor | None = None  # summed NLL of the current window's micro-batches so far
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self.forward_logits(batch["input_ids"], batch["attention_mask"])
-        nll_sum, n_tokens = masked_nll_sum(logits, batch["labels"])
+        logp, mask, _ = self.batch_logprobs(batch)
+        nll_sum, n_tokens = -logp.sum(), mask.sum()  # S and n of tms.objectives.nll.masked_nll_sum
         accumulate, world = int(self.trainer.accumulate_grad_batches), int(self.trainer.world_size)
         if "window_tokens" not in batch and accumulate > 1:
             raise ValueError("SFTModule: with gradient accumulation the batches must carry 'window_tokens' "

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tms.objectives.nll import at_least_float32, completion_mask
+from tms.objectives.nll import at_least_float32, completion_mask, token_logprobs
+from tms.objectives.policy_gradient import masked_entropy
 
 # HF config keys of a post-head transform of the logits (Gemma 2's soft-capping): the head alone is then not the
 # model's distribution, and the chunked path is refused
@@ -67,7 +68,9 @@ def hidden_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: to
             pieces.append(_chunk_logp(h, weight, bias, t, temperature))
         if entropy:
             ents.append(_chunk_entropy(h, weight, bias, temperature))
-    flat = torch.cat(pieces).to(out_dtype) if pieces else rows.new_zeros(0, dtype=out_dtype)
+    if not pieces:  # no labelled token: zeros that still hang on the graph (a loss of 0 with a zero gradient)
+        pieces.append(F.linear(rows, weight[:1]).sum(dim=-1))
+    flat = torch.cat(pieces).to(out_dtype)
     logp = torch.zeros(mask.shape, dtype=out_dtype, device=hidden.device).masked_scatter(mask, flat)
     ent = None
     if entropy:
@@ -111,19 +114,22 @@ def lm_head_logprobs(model, labels: torch.Tensor, temperature: float = 1.0, chun
 def model_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                          temperature: float = 1.0, chunk: int | None = None,
                          entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(logp, mask, entropy)`` of the labelled tokens under ``model`` (see :func:`hidden_token_logprobs`).
+    """``(logp, mask, entropy)`` of the labelled tokens of a batch under ``model``: ``logp``, ``mask`` ``[B, L-1]``
+    (see :func:`~tms.objectives.nll.token_logprobs`) and, with ``entropy``, the mean per-token entropy over the
+    labelled positions (:func:`~tms.objectives.policy_gradient.masked_entropy`, no gradient), else None.
 
     ``chunk``: positions projected through the head at a time (memory-bounded, :func:`lm_head_logprobs`); None:
-    the model's full ``[B, L, V]`` logits and :func:`~tms.objectives.nll.token_logprobs` (also used for a model
-    whose logits are transformed after the head)."""
-    from tms.objectives.nll import token_logprobs
-    from tms.objectives.policy_gradient import masked_entropy_per_token
-
+    the model's full ``[B, L, V]`` logits and ``token_logprobs`` (also for a model whose logits are transformed
+    after the head)."""
     if chunk is None or not supports_head_logprobs(model):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits / temperature
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        if temperature != 1.0:
+            logits = logits / temperature
         logp, mask = token_logprobs(logits, labels)
-        return logp, mask, masked_entropy_per_token(logits.detach(), labels) if entropy else None
+        return logp, mask, masked_entropy(logits.detach(), labels) if entropy else None
     with lm_head_logprobs(model, labels, temperature, int(chunk), entropy):
         packed = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     mask = completion_mask(labels)
-    return packed[:, :-1, 0], mask, packed[:, :-1, 1].detach() if entropy else None
+    if entropy and not bool(mask.any()):
+        raise ValueError("model_token_logprobs: the batch has no completion token (all labels are -100)")
+    return packed[:, :-1, 0], mask, packed[:, :-1, 1].detach()[mask].mean() if entropy else None

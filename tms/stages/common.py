@@ -46,12 +46,21 @@ def data_key(cfg: DictConfig) -> dict[str, Any]:
     return d
 
 
+def logprob_chunk(cfg: DictConfig) -> int | None:
+    """``model.logprob_chunk``: positions per LM-head chunk of the token log-probs (:mod:`tms.objectives.head_logprobs`);
+    None (the toy's default): the full logits."""
+    value = cfg.model.get("logprob_chunk")
+    return int(value) if value else None
+
+
 def train_key(cfg: DictConfig) -> dict[str, Any]:
     key = {"sft": plain(cfg.sft), "accumulate": accumulation(cfg.sft, cfg.trainer), "world_size": world_size(cfg.trainer),
            "precision": cfg.trainer.precision, "model": model_kwargs(cfg),
            "gradient_checkpointing": bool(cfg.model.get("gradient_checkpointing", False))}
     if cfg.get("callbacks"):  # the user's callbacks group may change training (e.g. early stopping)
         key["callbacks"] = plain(cfg.callbacks)
+    if cfg.model.get("logprob_chunk"):  # memory-bounded log-probs: the same loss, other float rounding
+        key["logprob_chunk"] = int(cfg.model.logprob_chunk)
     strategy = plain(cfg.trainer.get("strategy"))
     if strategy not in (None, "auto"):  # DDP / FSDP / FSDP2 change the numerics (sharding, mixed precision)
         key["strategy"] = strategy

@@ -18,7 +18,7 @@ from tms.config.eval import suite_names
 from tms.core.io import read_json, write_json
 from tms.core.keys import plain, stage
 from tms.evaluation.suite import evaluate_model, relative_metrics
-from tms.stages.common import ModelRef, data_key, local_fingerprint, model_kwargs
+from tms.stages.common import ModelRef, data_key, local_fingerprint, logprob_chunk, model_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,11 @@ def run_eval(cfg: DictConfig, model: ModelRef, base: ModelRef) -> dict[str, Any]
     suite.pop("benchmarks", None)
     key = {"model": model.identity, "base": base.identity, "suite": plain(cfg.eval), "pld_data": data_key(cfg),
            "seed": int(cfg.seed)}
+    if logprob_chunk(cfg):
+        key["logprob_chunk"] = logprob_chunk(cfg)
     def fill(out: Path, info: dict) -> None:  # rank 0 alone in a multi-process job
         res = evaluate_model(model.path, suite, eval_tasks(cfg), base.path, instantiate(cfg.data.task),
-                             model_kwargs(cfg), int(cfg.seed))
+                             model_kwargs(cfg), int(cfg.seed), logprob_chunk=logprob_chunk(cfg))
         write_json(out / "results.json", res)
         info["target"] = res["target"]
 

@@ -18,6 +18,7 @@ from tms.stages.common import (
     ModelRef,
     data_key,
     final_checkpoint,
+    logprob_chunk,
     model_kwargs,
     train_key,
 )
@@ -41,7 +42,8 @@ def train_stage(cfg: DictConfig, name: str, key: dict[str, Any], init: ModelRef,
                                  buffer=buffer, T=T).connect(tok)
         module = SFTModule(init.path, optimizer=instantiate(cfg.sft.optimizer), scheduler=instantiate(cfg.sft.scheduler),
                            model_kwargs=model_kwargs(cfg),
-                           gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)))
+                           gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
+                           logprob_chunk=logprob_chunk(cfg))
         info.update(fit(module, dm, tok, out, cfg.sft, cfg.trainer, cfg.get("logger"), seed=int(cfg.seed),
                         num_checkpoints=num_checkpoints, name=name, callbacks=cfg.get("callbacks"),
                         **({"grid": grid} if grid else {})))
