@@ -21,6 +21,7 @@ from tms.core.seeds import derive_seed
 from tms.generation.base import Completion, SamplingParams
 from tms.generation.scoring import score_completions
 from tms.models.loading import load_model, load_tokenizer
+from tms.models.sharding import needs_synced_generation
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +113,15 @@ class HFGenerator:
         requests = [(p, k) for p in range(len(prompts)) for k in range(n)]
         order = sorted(range(len(requests)), key=lambda r: (-len(prompts[requests[r][0]]), r))
         config = self._generation_config(sampling)
+        synced = needs_synced_generation(self.model)  # sharded: every rank steps until all ranks are done
         results: dict[int, Completion] = {}
         for b, start in enumerate(range(0, len(order), self.batch_size)):
             chunk = order[start:start + self.batch_size]
             ids, mask = left_pad([prompts[requests[r][0]] for r in chunk], int(self.tokenizer.pad_token_id))
             torch.manual_seed(derive_seed(seed, b))
             with self._neutral_model_defaults():
-                out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+                out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                                          synced_gpus=synced)
             new = out[:, ids.shape[1]:].tolist()
             for r, toks in zip(chunk, new):
                 results[r] = self._completion(requests[r], toks)
