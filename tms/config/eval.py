@@ -6,9 +6,12 @@ from typing import Any
 from omegaconf import DictConfig
 
 from tms.config.generation import check_sampling
+from tms.config.hardware import resolve_backend
 from tms.core.checks import build, integer, require
 from tms.core.errors import ConfigError
 from tms.data.tasks.base import SPLITS
+from tms.generation.factory import BACKENDS, check_backend
+from tms.generation.vllm import vllm_dtype
 from tms.objectives.kl import ESTIMATORS
 
 
@@ -18,6 +21,16 @@ def suite_names(cfg: DictConfig) -> dict[str, Any]:
     others = [str(b) for b in (cfg.eval.get("other_targets") or []) if str(b) != target]
     return {"name": cfg.eval.get("name"), "target": target, "other_targets": others,
             "retention": [str(b) for b in (cfg.eval.get("retention") or [])]}
+
+
+def eval_backend(cfg: DictConfig) -> str:
+    """``eval.backend`` (hf | vllm), or the harvest's backend when null (``harvest.backend``, ``auto`` resolved):
+    the engine of the greedy scores and the Pass@k samples (the KL and PLD scores stay on HF)."""
+    backend = cfg.eval.get("backend")
+    if backend is None:
+        resolve_backend(cfg)
+        backend = (cfg.get("harvest") or {}).get("backend", "hf")
+    return str(backend)
 
 
 def check_suite(cfg: DictConfig) -> None:
@@ -41,8 +54,19 @@ def check_suite(cfg: DictConfig) -> None:
     integer("eval.limit", e.get("limit"), optional=True)
     integer("eval.pld_limit", e.get("pld_limit"), optional=True)
     require(e.get("split", "test") in SPLITS, "eval.split", f"must be one of {SPLITS}, got {e.get('split')!r}")
+    backend = eval_backend(cfg)
+    require(backend in BACKENDS, "eval.backend", f"must be null (the harvest's backend) or one of {BACKENDS}, "
+            f"got {backend!r}")
+    if backend == "vllm":
+        try:
+            vllm_dtype(cfg.model.get("dtype", "auto"))
+        except ValueError as err:
+            where = "eval.backend" if e.get("backend") is not None else "harvest.backend (eval.backend: null follows it)"
+            raise ConfigError(f"{where}: {err}") from err
     s = e.sampling
-    check_sampling(s, "eval.sampling", "n", max_new_tokens=False)
+    check_sampling(s, "eval.sampling", "n", backend=backend, max_new_tokens=False, backend_key="eval.backend")
+    if backend == "vllm":
+        check_backend("vllm")  # installed, and a GPU visible
     ks = s.get("ks")
     ok = ks is not None and len(ks) > 0 and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= s.n
                                                 for k in ks)

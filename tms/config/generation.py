@@ -6,12 +6,15 @@ import logging
 from omegaconf import DictConfig, OmegaConf
 
 from tms.core.checks import integer, number, require
+from tms.core.errors import ConfigError
 from tms.generation.factory import BACKENDS, check_backend
+from tms.generation.vllm import vllm_dtype
 
 log = logging.getLogger(__name__)
 
 
-def check_sampling(node: DictConfig, prefix: str, n_key: str, backend: str = "hf", max_new_tokens: bool = True) -> None:
+def check_sampling(node: DictConfig, prefix: str, n_key: str, backend: str = "hf", max_new_tokens: bool = True,
+                   backend_key: str | None = None) -> None:
     """``temperature`` >= 0, ``top_p`` in (0, 1], ``max_new_tokens`` and the samples per prompt ``n_key`` >= 1;
     the vLLM backend's own limits (temperature <= 2, one sample per prompt when greedy)."""
     if max_new_tokens:
@@ -22,7 +25,7 @@ def check_sampling(node: DictConfig, prefix: str, n_key: str, backend: str = "hf
     integer(f"{prefix}.{n_key}", n)
     if backend == "vllm":
         require(t <= 2, f"{prefix}.temperature", f"{t} is above vLLM's limit of 2 (the vllm backend refuses it at run "
-                f"time); lower it or use {prefix}.backend=hf")
+                f"time); lower it or use {backend_key or prefix + '.backend'}=hf")
         require(t > 0 or n == 1, f"{prefix}.temperature", f"0 (greedy) with {prefix}.{n_key}={n}: vLLM refuses greedy "
                 f"sampling with more than one sample per prompt; set {prefix}.{n_key}=1 or a temperature > 0")
     elif t == 0 and n > 1:
@@ -39,6 +42,10 @@ def check_harvest(cfg: DictConfig, T: int) -> None:
     integer("harvest.batch_size", h.get("batch_size"))
     integer("harvest.prompt_subset", h.get("prompt_subset"), optional=True)
     if h.backend == "vllm":
+        try:
+            vllm_dtype(cfg.model.get("dtype", "auto"))
+        except ValueError as err:
+            raise ConfigError(f"harvest.backend: {err}") from err
         integer("harvest.tensor_parallel_size", h.get("tensor_parallel_size", 1))
         number("harvest.gpu_memory_utilization", h.get("gpu_memory_utilization", 0.85), 0, 1, open_low=True)
     ts = h.get("checkpoints")

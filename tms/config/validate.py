@@ -79,8 +79,6 @@ def validate(cfg: DictConfig) -> None:
                         check_optimizer(pre.get("optimizer"), "model.build.pretrain.optimizer"), 100)
     if kind == "student":
         integer("student.num_checkpoints", cfg.student.num_checkpoints)
-    if cfg.get("eval") is not None:
-        check_suite(cfg)
     ts: list[int] = []
     if kind == "student":
         source = build(cfg.data.target_source, "data.target_source")
@@ -91,6 +89,8 @@ def validate(cfg: DictConfig) -> None:
     harvests = bool(ts) or cfg.harvest.get("checkpoints") is not None  # a student's targets, or python harvest.py
     if harvests:
         check_harvest(cfg, int(T))
+    if cfg.get("eval") is not None:  # after the harvest: both may check the vLLM install, the limits come first
+        check_suite(cfg)
 
     task = build(cfg.data.task, "data.task")
     try:

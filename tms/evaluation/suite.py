@@ -20,7 +20,7 @@ and ``forgetting`` (F, eq. 3.2).
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -172,26 +172,36 @@ def reference_nll(model, tok, task: Task, examples, chunk: int | None = None) ->
 
 def evaluate_model(model_path: str, suite: Mapping[str, Any], tasks: Mapping[str, Task], base_path: str | None,
                    pld_task: Task | None, model_kwargs: Mapping[str, Any], seed: int,
-                   logprob_chunk: int | None = None) -> dict[str, Any]:
+                   logprob_chunk: int | None = None, engine: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Absolute metrics of the model at ``model_path`` (see the module docstring). ``logprob_chunk``: every
-    teacher-forced score (KL, PLD) through the memory-bounded LM-head path (:mod:`tms.objectives.head_logprobs`)."""
+    teacher-forced score (KL, PLD) through the memory-bounded LM-head path (:mod:`tms.objectives.head_logprobs`).
 
-    gen = HFGenerator.from_pretrained(model_path, batch_size=int(suite.get("batch_size", 64)),
-                                      dtype=model_kwargs.get("dtype", "auto"),
-                                      trust_remote_code=bool(model_kwargs.get("trust_remote_code", False)),
-                                      logprob_chunk=logprob_chunk)
+    ``engine``: a factory of the generator for the greedy scores and the Pass@k / SC-Acc / entropy samples (the
+    ``eval.backend``, e.g. vLLM in its own process), closed before the HF model is loaded for the KL estimates and
+    the PLD, which are teacher-forced log-probs of one model against another and stay on HF (a model against itself
+    then gives exactly 0); None: the HF model does everything."""
+    hf = lambda: HFGenerator.from_pretrained(model_path, batch_size=int(suite.get("batch_size", 64)),  # noqa: E731
+                                             dtype=model_kwargs.get("dtype", "auto"),
+                                             trust_remote_code=bool(model_kwargs.get("trust_remote_code", False)),
+                                             logprob_chunk=logprob_chunk)
     limit, max_new = suite.get("limit"), int(suite["max_new_tokens"])
     split = suite.get("split", "test")
     examples = {name: task.examples(split, limit) for name, task in tasks.items()}
     out: dict[str, Any] = {"scores": {}, "samples": {}}
-    for name, task in tasks.items():
-        out["scores"][name], out["samples"][name] = greedy_scores(gen, task, examples[name], max_new, seed)
-        log.info("eval %s: %s = %.3f", model_path, name, out["scores"][name])
-    target = suite["target"]
-    out["target"] = out["scores"][target]
-    s = suite["sampling"]
-    out.update(sampling_metrics(gen, tasks[target], examples[target][: s.get("limit")], int(s["n"]), s["ks"],
-                                float(s["temperature"]), float(s.get("top_p", 1.0)), max_new, seed))
+    sampler = engine() if engine is not None else hf()
+    try:
+        for name, task in tasks.items():
+            out["scores"][name], out["samples"][name] = greedy_scores(sampler, task, examples[name], max_new, seed)
+            log.info("eval %s: %s = %.3f", model_path, name, out["scores"][name])
+        target = suite["target"]
+        out["target"] = out["scores"][target]
+        s = suite["sampling"]
+        out.update(sampling_metrics(sampler, tasks[target], examples[target][: s.get("limit")], int(s["n"]), s["ks"],
+                                    float(s["temperature"]), float(s.get("top_p", 1.0)), max_new, seed))
+    finally:
+        if engine is not None:
+            sampler.close()  # its GPU memory is free before the HF model below is loaded
+    gen = sampler if engine is None else hf()
     directions = {"kl_to_base": kl_to_base, "kl_from_base": kl_from_base}
     out.update({key: {} for key in directions})
     kl = suite["kl"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from tms.generation.hf import HFGenerator
+from tms.generation.isolated import IsolatedGenerator
+from tms.models.loading import load_tokenizer
 
 BACKENDS = ("hf", "vllm")
 
@@ -18,16 +20,28 @@ def check_backend(name: str) -> None:
         require_vllm()
 
 
-def make_generator(backend: str, path: str, cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], seed: int):
-    """A generator over the model saved at ``path``."""
+def make_generator(backend: str, path: str, cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], seed: int,
+                   isolated: bool | None = None):
+    """A generator over the model saved at ``path``.
+
+    ``isolated``: build and run it in its own process (:class:`~tms.generation.isolated.IsolatedGenerator`), so its
+    GPU memory and process groups are released on ``close()``; default: True for vLLM (one engine per checkpoint /
+    evaluated model), False for HF (it shares the process, e.g. RL's training model)."""
     check_backend(backend)
     dtype = model_cfg.get("dtype", "auto")
     trust = bool(model_cfg.get("trust_remote_code", False))
+    isolated = backend == "vllm" if isolated is None else bool(isolated)
     if backend == "vllm":
         from tms.generation.vllm import VLLMGenerator
 
-        return VLLMGenerator(path, tensor_parallel_size=int(cfg.get("tensor_parallel_size", 1)), dtype=dtype, seed=seed,
-                             gpu_memory_utilization=float(cfg.get("gpu_memory_utilization", 0.85)),
-                             trust_remote_code=trust)
-
-    return HFGenerator.from_pretrained(path, batch_size=int(cfg.get("batch_size", 64)), dtype=dtype, trust_remote_code=trust)
+        factory, args = VLLMGenerator, (path,)
+        kwargs = {"tensor_parallel_size": int(cfg.get("tensor_parallel_size", 1)), "dtype": dtype, "seed": seed,
+                  "gpu_memory_utilization": float(cfg.get("gpu_memory_utilization", 0.85)), "trust_remote_code": trust}
+    else:
+        factory, args = HFGenerator.from_pretrained, (path,)
+        kwargs = {"batch_size": int(cfg.get("batch_size", 64)), "dtype": dtype, "trust_remote_code": trust}
+        if cfg.get("logprob_chunk"):
+            kwargs["logprob_chunk"] = int(cfg["logprob_chunk"])
+    if not isolated:
+        return factory(*args, **kwargs)
+    return IsolatedGenerator(factory, *args, tokenizer=load_tokenizer(path, trust_remote_code=trust), **kwargs)

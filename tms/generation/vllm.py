@@ -21,6 +21,20 @@ from tms.core.seeds import derive_seed
 INSTALL_HINT = "harvest.backend=vllm needs vLLM on a CUDA machine: pip install -e '.[vllm]' (or use harvest.backend=hf)"
 
 
+# model.dtype names (tms.models.loading.DTYPES) -> the names vLLM's ``dtype`` accepts (auto|half|float16|bfloat16|
+# float|float32); vLLM has no float64
+VLLM_DTYPES = {"auto": "auto", None: "auto", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16",
+               "fp16": "float16", "half": "float16", "float32": "float32", "fp32": "float32", "float": "float32"}
+
+
+def vllm_dtype(name: str | None) -> str:
+    """The vLLM ``dtype`` for a ``model.dtype`` name; raises for one vLLM cannot run (float64)."""
+    if name not in VLLM_DTYPES:
+        raise ValueError(f"model.dtype={name!r} cannot run on vLLM (it takes auto, bfloat16, float16 or float32); "
+                         "use harvest.backend=hf / eval.backend=hf or another model.dtype")
+    return VLLM_DTYPES[name]
+
+
 def require_vllm():
     """Import vLLM or fail at start-up with what to install."""
     import torch
@@ -41,7 +55,8 @@ class VLLMGenerator:
                  gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
                  trust_remote_code: bool = False) -> None:
         vllm = require_vllm()
-        self.llm = vllm.LLM(model=str(path), tensor_parallel_size=int(tensor_parallel_size), dtype=dtype, seed=int(seed),
+        self.llm = vllm.LLM(model=str(path), tensor_parallel_size=int(tensor_parallel_size), dtype=vllm_dtype(dtype),
+                            seed=int(seed),
                             gpu_memory_utilization=float(gpu_memory_utilization), max_model_len=max_model_len,
                             trust_remote_code=trust_remote_code, generation_config="vllm")
         self._vllm = vllm

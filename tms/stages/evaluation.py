@@ -14,10 +14,11 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tms.config.eval import suite_names
+from tms.config.eval import eval_backend, suite_names
 from tms.core.io import read_json, write_json
 from tms.core.keys import plain, stage
 from tms.evaluation.suite import evaluate_model, relative_metrics
+from tms.generation.factory import make_generator
 from tms.stages.common import ModelRef, data_key, local_fingerprint, logprob_chunk, model_kwargs
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,21 @@ def run_eval(cfg: DictConfig, model: ModelRef, base: ModelRef) -> dict[str, Any]
 
     suite = plain(cfg.eval)
     suite.pop("benchmarks", None)
-    key = {"model": model.identity, "base": base.identity, "suite": plain(cfg.eval), "pld_data": data_key(cfg),
+    backend = eval_backend(cfg)
+    suite_key = plain(cfg.eval)
+    suite_key.pop("backend", None)
+    key = {"model": model.identity, "base": base.identity, "suite": suite_key, "pld_data": data_key(cfg),
            "seed": int(cfg.seed)}
+    if backend != "hf":  # another engine samples the greedy and Pass@k completions (hf keeps the keys it always had)
+        key["backend"] = backend
     if logprob_chunk(cfg):
         key["logprob_chunk"] = logprob_chunk(cfg)
     def fill(out: Path, info: dict) -> None:  # rank 0 alone in a multi-process job
         res = evaluate_model(model.path, suite, eval_tasks(cfg), base.path, instantiate(cfg.data.task),
-                             model_kwargs(cfg), int(cfg.seed), logprob_chunk=logprob_chunk(cfg))
+                             model_kwargs(cfg), int(cfg.seed), logprob_chunk=logprob_chunk(cfg),
+                             engine=None if backend == "hf" else lambda: make_generator(
+                                 backend, model.path, {**plain(cfg.harvest), "batch_size": cfg.eval.get("batch_size", 64)},
+                                 cfg.model, int(cfg.seed)))
         write_json(out / "results.json", res)
         info["target"] = res["target"]
 
