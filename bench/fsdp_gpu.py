@@ -132,6 +132,29 @@ def run_one(args: argparse.Namespace) -> dict:
     return result
 
 
+def run_trainers(shape: str, trainers: list[str], devices: int, steps: int, batch: int, length: int,
+                 checkpointing: bool = False, allow_cpu: bool = False) -> list[dict]:
+    """Each trainer config in its own process(es) on the same random ``shape`` model; one result dict per trainer
+    that ran (a failed one is reported on stdout and left out)."""
+    model_dir = Path(tempfile.gettempdir()) / f"tms-bench-{shape}"
+    save_model(shape, model_dir)
+    rows = []
+    # several GPUs: torchrun starts the ranks (tms.core.distributed.session joins them)
+    launcher = [sys.executable] if devices == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                      f"--nproc-per-node={devices}"]
+    for name in trainers:
+        cmd = [*launcher, __file__, "--one", f"--trainer={name}", f"--model-dir={model_dir}", f"--shape={shape}",
+               f"--devices={devices}", f"--steps={steps}", f"--batch={batch}", f"--length={length}"]
+        cmd += (["--checkpointing"] if checkpointing else []) + (["--allow-cpu"] if allow_cpu else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(f"{name}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}")
+            continue
+        rows.append(json.loads(lines[-1][len("RESULT "):]))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(SHAPES))
@@ -153,22 +176,8 @@ def main() -> None:
         if int(os.environ.get("LOCAL_RANK", "0")) == 0 and "export_loss" in result:
             print("RESULT " + json.dumps(result), flush=True)
         return
-    model_dir = Path(tempfile.gettempdir()) / f"tms-bench-{args.shape}"
-    save_model(args.shape, model_dir)
-    rows = []
-    # several GPUs: torchrun starts the ranks (tms.core.distributed.session joins them)
-    launcher = [sys.executable] if args.devices == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                           f"--nproc-per-node={args.devices}"]
-    for name in args.trainers.split(","):
-        cmd = [*launcher, __file__, "--one", f"--trainer={name}", f"--model-dir={model_dir}", f"--shape={args.shape}",
-               f"--devices={args.devices}", f"--steps={args.steps}", f"--batch={args.batch}", f"--length={args.length}"]
-        cmd += (["--checkpointing"] if args.checkpointing else []) + (["--allow-cpu"] if args.allow_cpu else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(f"{name}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}")
-            continue
-        rows.append(json.loads(lines[-1][len("RESULT "):]))
+    rows = run_trainers(args.shape, args.trainers.split(","), args.devices, args.steps, args.batch, args.length,
+                        args.checkpointing, args.allow_cpu)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"\n{args.shape}, {args.devices} device(s) ({device}), batch {args.batch} x {args.length} "
           f"tokens per GPU, {args.steps} steps, activation checkpointing {args.checkpointing}")

@@ -166,3 +166,49 @@ def test_grpo_with_memory_bounded_logprobs_matches_the_full_logits(smoke_cache, 
     b = load_file(f"{final_checkpoint(chunked).path}/model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_the_liger_option_calls_its_fused_kernel_with_per_token_reduction_and_matches(monkeypatch):
+    """liger-kernel cannot run here (Triton, CUDA): a stand-in with its documented signature
+    (liger_fused_linear_cross_entropy(input, weight, target, bias, ..., reduction)) checks how it is called and that
+    log-probs, gradients and entropy come out as the chunked path's."""
+    import sys
+    import types
+
+    import torch.nn.functional as F
+
+    calls = []
+
+    def fused(input, weight, target, bias=None, ce_weight=None, ignore_index=-100, lse_square_scale=0.0,
+              label_smoothing=0.0, reduction="mean", **kw):
+        calls.append(reduction)
+        return F.cross_entropy(F.linear(input, weight, bias), target, reduction=reduction)
+
+    fake = types.ModuleType("liger_kernel.transformers.functional")
+    fake.liger_fused_linear_cross_entropy = fused
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", fake)
+    hidden, weight, bias, labels = batch()
+    probe = torch.randn(labels.shape[0], labels.shape[1] - 1, dtype=torch.float64)
+    ref, mask, ref_ent = hidden_token_logprobs(hidden, weight, labels, bias, 0.7, 4, entropy=True)
+    ref_grads = torch.autograd.grad((ref * probe).sum(), (hidden, weight, bias))
+    logp, mask2, ent = hidden_token_logprobs(hidden, weight, labels, bias, 0.7, 4, entropy=True, impl="liger")
+    grads = torch.autograd.grad((logp * probe).sum(), (hidden, weight, bias))
+    assert calls == ["none"] and torch.equal(mask, mask2)
+    torch.testing.assert_close(logp, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ent, ref_ent)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["+model.logprob_impl=fused"], r"^model.logprob_impl: must be one of \('chunked', 'liger'\)"),
+    (["+model.logprob_impl=liger"], r"^model.logprob_impl: liger replaces the memory-bounded head path"),
+    (["+model.logprob_impl=liger", "+model.logprob_chunk=8"], r"^model.logprob_impl: liger needs the liger-kernel"),
+])
+def test_logprob_settings_are_checked_before_compute(overrides, message):
+    from tests.conftest import compose
+    from tms.config.validate import validate
+    from tms.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        validate(compose(["experiment=smoke", *overrides]))

@@ -16,6 +16,7 @@ lengths are bounded from below without its tokenizer (:func:`toy_prompt_lengths`
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tms.core.cache import REUSE_MODES
 from tms.core.checks import integer, require
+from tms.objectives.head_logprobs import IMPLS
 from tms.core.errors import ConfigError
 from tms.core.redact import secret_items
 from tms.data.formatting import prompt_ids
@@ -41,6 +43,23 @@ log = logging.getLogger(__name__)
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
+def check_logprob_impl(m: DictConfig) -> None:
+    """``model.logprob_impl``: ``chunked`` or ``liger`` (with ``model.logprob_chunk`` set, liger-kernel installed and
+    a CUDA GPU: its Triton kernels do not run on a CPU)."""
+    impl = m.get("logprob_impl") or "chunked"
+    require(impl in IMPLS, "model.logprob_impl", f"must be one of {IMPLS}, got {impl!r}")
+    if impl != "liger":
+        return
+    require(bool(m.get("logprob_chunk")), "model.logprob_impl",
+            "liger replaces the memory-bounded head path: set model.logprob_chunk too (e.g. 512)")
+    require(importlib.util.find_spec("liger_kernel") is not None, "model.logprob_impl",
+            "liger needs the liger-kernel package (pip install liger-kernel); or use model.logprob_impl=chunked")
+    import torch
+
+    require(torch.cuda.is_available(), "model.logprob_impl",
+            "liger's kernels need a CUDA GPU and none is visible; use model.logprob_impl=chunked")
+
+
 def check_model(cfg: DictConfig) -> None:
     """``model.dtype``, ``model.attn_implementation`` and where θ0 comes from (a local path must exist)."""
 
@@ -49,6 +68,7 @@ def check_model(cfg: DictConfig) -> None:
     require(dtype in (None, "auto") or dtype in DTYPES, "model.dtype",
             f"unknown dtype {dtype!r}; expected 'auto' or one of {sorted(DTYPES)}")
     integer("model.logprob_chunk", m.get("logprob_chunk"), optional=True)  # positions per LM-head chunk; null: all
+    check_logprob_impl(m)
     attn = m.get("attn_implementation")
     if attn is not None:
         try:

@@ -26,17 +26,19 @@ class CausalLMModule(L.LightningModule):
         gradient_checkpointing: trade compute for memory on large models.
         logprob_chunk: positions projected through the LM head at a time when computing token log-probs
             (:mod:`tms.objectives.head_logprobs`: no ``[B, L, V]`` float32 logits); None: the full logits.
+        logprob_impl: ``chunked`` or ``liger`` (Liger's fused linear cross-entropy, CUDA) for that path.
     """
 
     def __init__(self, model_path: str, optimizer: Callable, scheduler: Callable | None = None,
                  model_kwargs: dict[str, Any] | None = None, gradient_checkpointing: bool = False,
-                 logprob_chunk: int | None = None) -> None:
+                 logprob_chunk: int | None = None, logprob_impl: str = "chunked") -> None:
         super().__init__()
         self.model_path = str(model_path)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.model_kwargs = dict(model_kwargs or {})
         self.gradient_checkpointing = gradient_checkpointing
         self.logprob_chunk = int(logprob_chunk) if logprob_chunk else None
+        self.logprob_impl = str(logprob_impl)
         self.model = None
 
     def configure_model(self) -> None:
@@ -66,7 +68,7 @@ class CausalLMModule(L.LightningModule):
         """``(logp, mask, entropy)`` of the batch's labelled tokens under ``model`` (default: the trained one), through
         :func:`~tms.objectives.head_logprobs.model_token_logprobs` with this module's ``logprob_chunk``."""
         return model_token_logprobs(self.model if model is None else model, batch["input_ids"], batch["attention_mask"],
-                                    batch["labels"], temperature, self.logprob_chunk, entropy)
+                                    batch["labels"], temperature, self.logprob_chunk, entropy, self.logprob_impl)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

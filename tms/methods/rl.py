@@ -109,8 +109,10 @@ class RLModule(CausalLMModule):
 
     def __init__(self, model_path: str, optimizer: Callable, scheduler: Callable | None = None,
                  model_kwargs: dict[str, Any] | None = None, gradient_checkpointing: bool = False, *,
-                 reward_fn: Callable, rl: RLConfig, seed: int = 0, logprob_chunk: int | None = None) -> None:
-        super().__init__(model_path, optimizer, scheduler, model_kwargs, gradient_checkpointing, logprob_chunk)
+                 reward_fn: Callable, rl: RLConfig, seed: int = 0, logprob_chunk: int | None = None,
+                 logprob_impl: str = "chunked") -> None:
+        super().__init__(model_path, optimizer, scheduler, model_kwargs, gradient_checkpointing, logprob_chunk,
+                         logprob_impl)
         self.automatic_optimization = False
         self.reward_fn, self.rl, self.seed = reward_fn, rl, int(seed)
         self.baseline: float | None = None

@@ -44,25 +44,47 @@ def _chunk_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return -(logp.exp() * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(dim=-1)
 
 
+def liger_logp(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+               temperature: float) -> torch.Tensor:
+    r"""``[N]`` log-probs through Liger's fused linear cross-entropy (``reduction="none"``: per token, differentiable;
+    Triton kernels, CUDA only): :math:`z/\tau = W (h/\tau) + c/\tau`."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    scaled_bias = bias / temperature if bias is not None else None
+    return -liger_fused_linear_cross_entropy(rows / temperature, weight, targets, scaled_bias, reduction="none")
+
+
+IMPLS = ("chunked", "liger")
+
+
 def hidden_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                           bias: torch.Tensor | None = None, temperature: float = 1.0, chunk: int = 1024,
-                          entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                          entropy: bool = False, impl: str = "chunked",
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of the labelled tokens from ``hidden`` ``[B, L, H]`` and the head ``weight`` ``[V, H]``.
 
     Returns ``(logp, mask, entropy)``: ``logp`` and ``mask`` ``[B, L-1]`` as :func:`~tms.objectives.nll.token_logprobs`
     returns them (0 where masked; float32, float64 for float64 weights), and with ``entropy=True`` the ``[B, L-1]``
     per-token entropy of the (temperature-scaled) distribution at the labelled positions (no gradient), else None.
+    ``impl``: ``chunked`` (here, checkpointed chunks of ``chunk`` rows) or ``liger`` (:func:`liger_logp`; the entropy,
+    when asked for, still comes from chunks here).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     mask = completion_mask(labels)
     rows = hidden[:, :-1][mask]                     # [N, H]: only the positions that predict a labelled token
     targets = labels[:, 1:][mask]
     out_dtype = torch.float64 if weight.dtype == torch.float64 or hidden.dtype == torch.float64 else torch.float32
     pieces, ents = [], []
+    if impl == "liger" and rows.shape[0] > 0:
+        pieces.append(liger_logp(rows, weight, bias, targets, temperature))
     for start in range(0, rows.shape[0], chunk):
         h, t = rows[start:start + chunk], targets[start:start + chunk]
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        if impl == "liger":
+            pass
+        elif torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
             pieces.append(checkpoint(_chunk_logp, h, weight, bias, t, temperature, use_reentrant=False))
         else:
             pieces.append(_chunk_logp(h, weight, bias, t, temperature))
@@ -89,7 +111,7 @@ def supports_head_logprobs(model) -> bool:
 
 @contextmanager
 def lm_head_logprobs(model, labels: torch.Tensor, temperature: float = 1.0, chunk: int = 1024,
-                     entropy: bool = False) -> Iterator[None]:
+                     entropy: bool = False, impl: str = "chunked") -> Iterator[None]:
     """Within the block, ``model(...).logits`` is ``[B, L, 2]``: channel 0 the labelled tokens' log-probs at
     positions ``0..L-2`` (:func:`hidden_token_logprobs`), channel 1 their entropy (0 unless ``entropy``); the last
     position is 0. The head computes them in place of its logits, inside the model's forward."""
@@ -100,7 +122,7 @@ def lm_head_logprobs(model, labels: torch.Tensor, temperature: float = 1.0, chun
             raise ValueError(f"lm_head_logprobs: the head got {hidden.shape[1]} positions for labels of width "
                              f"{labels.shape[1]} (logits_to_keep must not be set)")
         logp, _, ent = hidden_token_logprobs(hidden, head.weight, labels, getattr(head, "bias", None), temperature,
-                                             chunk, entropy)
+                                             chunk, entropy, impl)
         packed = torch.stack([logp, ent if ent is not None else torch.zeros_like(logp)], dim=-1)
         return F.pad(packed, (0, 0, 0, 1))  # [B, L, 2]: the last position predicts nothing
 
@@ -112,22 +134,22 @@ def lm_head_logprobs(model, labels: torch.Tensor, temperature: float = 1.0, chun
 
 
 def model_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                         temperature: float = 1.0, chunk: int | None = None,
-                         entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                         temperature: float = 1.0, chunk: int | None = None, entropy: bool = False,
+                         impl: str = "chunked") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(logp, mask, entropy)`` of the labelled tokens of a batch under ``model``: ``logp``, ``mask`` ``[B, L-1]``
     (see :func:`~tms.objectives.nll.token_logprobs`) and, with ``entropy``, the mean per-token entropy over the
     labelled positions (:func:`~tms.objectives.policy_gradient.masked_entropy`, no gradient), else None.
 
     ``chunk``: positions projected through the head at a time (memory-bounded, :func:`lm_head_logprobs`); None:
     the model's full ``[B, L, V]`` logits and ``token_logprobs`` (also for a model whose logits are transformed
-    after the head)."""
+    after the head). ``impl``: see :func:`hidden_token_logprobs` (``model.logprob_impl``)."""
     if chunk is None or not supports_head_logprobs(model):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         if temperature != 1.0:
             logits = logits / temperature
         logp, mask = token_logprobs(logits, labels)
         return logp, mask, masked_entropy(logits.detach(), labels) if entropy else None
-    with lm_head_logprobs(model, labels, temperature, int(chunk), entropy):
+    with lm_head_logprobs(model, labels, temperature, int(chunk), entropy, impl):
         packed = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     mask = completion_mask(labels)
     if entropy and not bool(mask.any()):

@@ -53,6 +53,11 @@ def logprob_chunk(cfg: DictConfig) -> int | None:
     return int(value) if value else None
 
 
+def logprob_impl(cfg: DictConfig) -> str:
+    """``model.logprob_impl``: ``chunked`` (default) or ``liger`` for the training losses' memory-bounded log-probs."""
+    return str(cfg.model.get("logprob_impl") or "chunked")
+
+
 def train_key(cfg: DictConfig) -> dict[str, Any]:
     key = {"sft": plain(cfg.sft), "accumulate": accumulation(cfg.sft, cfg.trainer), "world_size": world_size(cfg.trainer),
            "precision": cfg.trainer.precision, "model": model_kwargs(cfg),
@@ -61,6 +66,8 @@ def train_key(cfg: DictConfig) -> dict[str, Any]:
         key["callbacks"] = plain(cfg.callbacks)
     if cfg.model.get("logprob_chunk"):  # memory-bounded log-probs: the same loss, other float rounding
         key["logprob_chunk"] = int(cfg.model.logprob_chunk)
+        if logprob_impl(cfg) != "chunked":
+            key["logprob_impl"] = logprob_impl(cfg)
     strategy = plain(cfg.trainer.get("strategy"))
     if strategy not in (None, "auto"):  # DDP / FSDP / FSDP2 change the numerics (sharding, mixed precision)
         key["strategy"] = strategy

@@ -1,0 +1,28 @@
+"""The benchmark scripts run (tiny settings on CPU; their figures come from running them by hand, bench/README.md)."""
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def run(*args, timeout=600):
+    env = {"OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_the_device_check_runs_its_three_measurements(tmp_path):
+    import json
+
+    out = run("bench/gpu_check.py", "--tiny", "--json", str(tmp_path / "check.json"))
+    assert "SFT trainer=cpu" in out and "HF harvest" in out and "GRPO step, logprob_chunk=512" in out
+    data = json.loads((tmp_path / "check.json").read_text())
+    assert data["sft"][0]["tokens_per_s"] > 0 and data["harvest"]["completions_per_s"] > 0
+    assert [s["chunk"] for s in data["grpo"]] == [512, None] and all(s["seconds"] > 0 for s in data["grpo"])
+
+
+def test_the_logprob_memory_bench_finds_the_same_loss_and_gradient():
+    out = run("bench/logprob_memory.py", "--tokens", "256", "--length", "64", "--hidden", "32", "--vocab", "4096",
+              "--chunks", "32", "--threads", "1")
+    assert "chunk 32: same loss and gradient as the full logits: True" in out and "memory_ratio=" in out
