@@ -78,6 +78,8 @@ from tms.core.errors import ConfigError
     (["model.name_or_path=/no/such/model"], r"^model.name_or_path"),
     (["model.dtype=float99"], r"^model.dtype: unknown dtype 'float99'"),
     (["+model.logprob_chunk=0"], r"^model.logprob_chunk: must be null or an integer >= 1"),
+    (["log_samples.harvest=-1"], r"^log_samples.harvest: must be an integer >= 0"),
+    (["+log_samples.every=2"], r"^log_samples.every: unknown key"),
     (["model.attn_implementation=magic"], r"^model.attn_implementation: 'magic' is not one of"),
     # -- the trainer: keys tms sets itself, keys L.Trainer does not take, values it would refuse when built
     (["+trainer.max_epochs=5"], r"^trainer.max_epochs: set by tms; use sft.epochs"),

@@ -54,6 +54,7 @@ def validate(cfg: DictConfig) -> None:
     require(kind in KINDS, "method.kind", f"must be one of {KINDS}, got {kind!r}")
     integer("seed", cfg.seed, minimum=0)
     check_objective(cfg.get("objective"))
+    check_log_samples(cfg.get("log_samples"))
     check_no_secrets(cfg)
     check_cache_dir(cfg)
     check_model(cfg)
@@ -112,6 +113,16 @@ def validate(cfg: DictConfig) -> None:
         require(int(cfg.harvest.prompt_subset) <= len(train), "harvest.prompt_subset",
                 f"{cfg.harvest.prompt_subset} is larger than the {len(train)} training prompts")
     check_lengths(cfg, task, train)
+
+
+def check_log_samples(node: DictConfig | None) -> None:
+    """``log_samples``: how many completions the W&B tables show (eval, harvest, rollouts: >= 0; rollout_every >= 0)."""
+    if node is None:
+        return
+    keys = ("eval", "harvest", "rollouts", "rollout_every")
+    known_keys(node, "log_samples", keys)
+    for key in keys:
+        integer(f"log_samples.{key}", node.get(key, 0), minimum=0)
 
 
 def check_objective(node: DictConfig | None) -> None:

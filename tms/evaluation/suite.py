@@ -172,14 +172,16 @@ def reference_nll(model, tok, task: Task, examples, chunk: int | None = None) ->
 
 def evaluate_model(model_path: str, suite: Mapping[str, Any], tasks: Mapping[str, Task], base_path: str | None,
                    pld_task: Task | None, model_kwargs: Mapping[str, Any], seed: int,
-                   logprob_chunk: int | None = None, engine: Callable[[], Any] | None = None) -> dict[str, Any]:
+                   logprob_chunk: int | None = None, engine: Callable[[], Any] | None = None,
+                   keep_samples: int = 3) -> dict[str, Any]:
     """Absolute metrics of the model at ``model_path`` (see the module docstring). ``logprob_chunk``: every
     teacher-forced score (KL, PLD) through the memory-bounded LM-head path (:mod:`tms.objectives.head_logprobs`).
 
     ``engine``: a factory of the generator for the greedy scores and the Pass@k / SC-Acc / entropy samples (the
     ``eval.backend``, e.g. vLLM in its own process), closed before the HF model is loaded for the KL estimates and
     the PLD, which are teacher-forced log-probs of one model against another and stay on HF (a model against itself
-    then gives exactly 0); None: the HF model does everything."""
+    then gives exactly 0); None: the HF model does everything. ``keep_samples``: greedy completions kept per
+    benchmark in ``samples`` (inspection, the W&B table)."""
     hf = lambda: HFGenerator.from_pretrained(model_path, batch_size=int(suite.get("batch_size", 64)),  # noqa: E731
                                              dtype=model_kwargs.get("dtype", "auto"),
                                              trust_remote_code=bool(model_kwargs.get("trust_remote_code", False)),
@@ -191,7 +193,8 @@ def evaluate_model(model_path: str, suite: Mapping[str, Any], tasks: Mapping[str
     sampler = engine() if engine is not None else hf()
     try:
         for name, task in tasks.items():
-            out["scores"][name], out["samples"][name] = greedy_scores(sampler, task, examples[name], max_new, seed)
+            out["scores"][name], out["samples"][name] = greedy_scores(sampler, task, examples[name], max_new, seed,
+                                                                      keep=keep_samples)
             log.info("eval %s: %s = %.3f", model_path, name, out["scores"][name])
         target = suite["target"]
         out["target"] = out["scores"][target]

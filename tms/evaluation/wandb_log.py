@@ -9,7 +9,10 @@ configured Lightning ``WandbLogger`` opens one run per evaluation (``job_type="e
   ``pass_at_k/8``, ``pld/pld``, ``rows/base/target``, ...); sampled completions are not numbers and
   go to the table below instead;
 * a ``samples`` table (model, benchmark, prompt, completion, score) of the completions in
-  ``results.json``'s ``samples`` of every row;
+  ``results.json``'s ``samples`` of every row (``log_samples.eval`` per benchmark);
+* a ``harvest_samples`` table (t, step, prompt, completion, score, tokens) of the first ``log_samples.harvest``
+  buffer rows of every harvested checkpoint t of the run (``pipeline.json``'s harvest stages), the first thing to
+  read when a student misbehaves (RL rollouts are logged during training: :class:`tms.methods.rl.RLModule`);
 * with a checkpoint curve, one history step per SFT checkpoint t (``curve/target``,
   ``curve/retention_mean``, ``curve/forgetting``, ``curve/kl_target``, ``curve/kl_retention`` (KL(π_t ‖ π_0),
   ``kl_to_base``), ``curve/kl_from_target``, ``curve/kl_from_retention`` (the forward KL(π_0 ‖ π_t),
@@ -27,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+
+from tms.core.io import read_json
+from tms.data.buffer import read_buffer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,24 @@ def sample_rows(results: Mapping[str, Any]) -> list[list[Any]]:
     for label, row in (results.get("rows") or {"model": results}).items():
         for bench, samples in (row.get("samples") or {}).items():
             rows += [[label, bench, s.get("prompt"), s.get("completion"), s.get("score")] for s in samples]
+    return rows
+
+
+HARVEST_COLUMNS = ["t", "step", "prompt", "completion", "score", "tokens"]
+
+
+def harvest_rows(run_dir: str | Path, per_t: int) -> list[list[Any]]:
+    """``[t, step, prompt, completion, score, tokens]`` for the first ``per_t`` buffer rows (by example id) of every
+    harvest stage of the run (``<run_dir>/pipeline.json``); [] when the run harvested nothing."""
+    pipe = Path(run_dir) / "pipeline.json"
+    if per_t <= 0 or not pipe.is_file():
+        return []
+    rows = []
+    for label, stage_dir in sorted((read_json(pipe).get("stages") or {}).get("harvest", {}).items(),
+                                   key=lambda kv: int(kv[0].split("=")[-1])):
+        table = read_buffer(Path(run_dir) / stage_dir).slice(0, per_t).to_pylist()
+        rows += [[int(label.split("=")[-1]), r["step"], r["prompt"], r["completion"], r["score"], r["num_tokens"]]
+                 for r in table]
     return rows
 
 
@@ -95,6 +119,9 @@ def log_results(cfg: DictConfig, results: Mapping[str, Any], run_dir: str | Path
     rows = sample_rows(results)
     if rows:
         run.log({"samples": wandb.Table(columns=["model", "benchmark", "prompt", "completion", "score"], data=rows)})
+    harvested = harvest_rows(run_dir, int((cfg.get("log_samples") or {}).get("harvest", 16)))
+    if harvested:
+        run.log({"harvest_samples": wandb.Table(columns=HARVEST_COLUMNS, data=harvested)})
     run.summary.update(summary)
     written = {k: run.summary[k] for k in summary}
     log.info("W&B run %s: %d summary metrics, %d sampled completions", run.id, len(summary), len(rows))

@@ -62,6 +62,9 @@ from tms.objectives.policy_gradient import (aggregate, ema_update, grpo_loss, gr
                            leave_one_out_advantages, reinforce_advantages)
 
 
+ROLLOUT_COLUMNS = ["rollout", "prompt", "completion", "reward", "advantage", "tokens"]
+
+
 @dataclasses.dataclass
 class Rollout:
     """One rollout batch: P prompts × G completions, ordered by (prompt, sample).
@@ -110,9 +113,12 @@ class RLModule(CausalLMModule):
     def __init__(self, model_path: str, optimizer: Callable, scheduler: Callable | None = None,
                  model_kwargs: dict[str, Any] | None = None, gradient_checkpointing: bool = False, *,
                  reward_fn: Callable, rl: RLConfig, seed: int = 0, logprob_chunk: int | None = None,
-                 logprob_impl: str = "chunked") -> None:
+                 logprob_impl: str = "chunked", rollout_samples: int = 0, rollout_every: int = 0) -> None:
         super().__init__(model_path, optimizer, scheduler, model_kwargs, gradient_checkpointing, logprob_chunk,
                          logprob_impl)
+        # W&B table "rollouts": the first rollout_samples completions of every rollout_every-th rollout (0: none)
+        self.rollout_samples, self.rollout_every = int(rollout_samples), int(rollout_every)
+        self._sample_rows: list[list[Any]] = []
         self.automatic_optimization = False
         self.reward_fn, self.rl, self.seed = reward_fn, rl, int(seed)
         self.baseline: float | None = None
@@ -187,6 +193,10 @@ class RLModule(CausalLMModule):
                           truncated=torch.tensor([c.finish_reason == "length" for c in completions], device=self.device))
         if self.rl.needs_reference:
             rollout.logp_ref = self._token_logprobs_of(self._reference(), rollout.batch)
+        if self.rollout_samples > 0 and self.rollout_every > 0 and len(self.reward_history) % self.rollout_every == 0:
+            self._sample_rows = [[len(self.reward_history), examples[i].prompt, c.text, float(rollout.rewards[i]),
+                                  float(rollout.advantages[i]), c.num_tokens]
+                                 for i, c in enumerate(completions[: self.rollout_samples])]
         return rollout
 
     def _logp_dtype(self) -> torch.dtype:
@@ -218,6 +228,10 @@ class RLModule(CausalLMModule):
         self.log_dict({f"train/{k}": v.float() for k, v in metrics.items()}, on_step=True, on_epoch=False,
                       sync_dist=True, batch_size=int(ro.index.numel()))
         self.log("train/reward", mean, prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        if self._sample_rows:  # loggers with tables (W&B); rank 0 logs its own rollout's completions
+            if self._trainer is not None and hasattr(self.logger, "log_table"):
+                self.logger.log_table(key="rollouts", columns=ROLLOUT_COLUMNS, data=self._sample_rows)
+            self._sample_rows = []
 
     # -- optimisation --------------------------------------------------------------------------
     def policy_step(self, ro: Rollout) -> dict[str, torch.Tensor]:

@@ -40,6 +40,9 @@ def run_eval(cfg: DictConfig, model: ModelRef, base: ModelRef) -> dict[str, Any]
            "seed": int(cfg.seed)}
     if backend != "hf":  # another engine samples the greedy and Pass@k completions (hf keeps the keys it always had)
         key["backend"] = backend
+    keep = int((cfg.get("log_samples") or {}).get("eval", 3))
+    if keep != 3:  # results.json keeps another number of sampled completions
+        key["keep_samples"] = keep
     if logprob_chunk(cfg):
         key["logprob_chunk"] = logprob_chunk(cfg)
     def fill(out: Path, info: dict) -> None:  # rank 0 alone in a multi-process job
@@ -47,7 +50,7 @@ def run_eval(cfg: DictConfig, model: ModelRef, base: ModelRef) -> dict[str, Any]
                              model_kwargs(cfg), int(cfg.seed), logprob_chunk=logprob_chunk(cfg),
                              engine=None if backend == "hf" else lambda: make_generator(
                                  backend, model.path, {**plain(cfg.harvest), "batch_size": cfg.eval.get("batch_size", 64)},
-                                 cfg.model, int(cfg.seed)))
+                                 cfg.model, int(cfg.seed)), keep_samples=keep)
         write_json(out / "results.json", res)
         info["target"] = res["target"]
 

@@ -71,7 +71,9 @@ def run_rl(cfg: DictConfig, base: ModelRef) -> Stage:
                           scheduler=instantiate(cfg.sft.scheduler), model_kwargs=model_kwargs(cfg),
                           gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
                           reward_fn=instantiate(rl.reward), rl=config, seed=int(cfg.seed),
-                          logprob_chunk=logprob_chunk(cfg), logprob_impl=logprob_impl(cfg))
+                          logprob_chunk=logprob_chunk(cfg), logprob_impl=logprob_impl(cfg),
+                          rollout_samples=int((cfg.get("log_samples") or {}).get("rollouts", 0)),
+                          rollout_every=int((cfg.get("log_samples") or {}).get("rollout_every", 0)))
         info.update(fit(module, dm, tok, out, rl_train_config(cfg, config), cfg.trainer, cfg.get("logger"),
                         seed=int(cfg.seed), num_checkpoints=int(rl.num_checkpoints), name="rl", callbacks=cfg.get("callbacks")))
         info["train_examples"] = len(dm.train_examples)
