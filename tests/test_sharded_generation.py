@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch.multiprocessing as mp
 
 from tests.conftest import REPO
@@ -67,8 +68,9 @@ def test_sharded_ranks_whose_completions_end_at_different_lengths_both_finish(sm
     assert max(r0["lengths"]) <= MAX_NEW[0] < max(r1["lengths"])
 
 
+@pytest.mark.slow
 def test_without_synchronised_generation_the_same_job_hangs(smoke_base, tmp_path):
-    """The control: the test above can fail (the flag is what makes it pass)."""
+    """The control: the test above can fail (the flag is what makes it pass). Slow: it waits out a timeout."""
     assert run_ranks(tmp_path, smoke_base, synced=False, timeout=30) is None
 
 
