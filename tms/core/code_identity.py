@@ -60,7 +60,8 @@ VERSIONS = {"base": "1", "gguf": "1", "sft": "1", "student": "1", "harvest": "1"
 
 VERIFIERS = ("data/tasks/verify.py", "data/tasks/ifeval_checks.py", "data/tasks/safety_judge.py")
 TRAINING = ("training/loop.py", "training/callbacks.py", "training/optim.py", "training/resume.py",
-            "training/numerics.py", "models/loading.py", "models/strategies.py", "objectives/nll.py", "methods/base.py",
+            "training/numerics.py", "models/loading.py", "models/strategies.py", "objectives/nll.py",
+            "objectives/head_logprobs.py", "objectives/policy_gradient.py", "objectives/kl.py", "methods/base.py",
             "methods/sft.py")
 #: ``file:name,name`` hashes only those top-level definitions: MATH's gold answer (which decides which training
 #: examples exist) is ``data/tasks/verify.last_boxed``; the rest of verify.py only grades
@@ -69,7 +70,9 @@ DATA = ("data/__init__.py", "data/datamodule.py", "data/formatting.py", "data/po
 #: the trajectory buffer H[t, x] (its storage and the student's view of it)
 BUFFER = ("data/buffer.py",)
 GENERATION = ("generation/base.py", "generation/factory.py", "generation/hf.py", "generation/scoring.py",
-              "generation/vllm.py", "core/seeds.py", "models/loading.py", "data/formatting.py", "objectives/nll.py")
+              "generation/vllm.py", "generation/isolated.py", "core/seeds.py", "models/loading.py", "models/sharding.py",
+              "data/formatting.py", "objectives/nll.py", "objectives/head_logprobs.py", "objectives/policy_gradient.py",
+              "objectives/kl.py")
 RL = ("methods/rl.py", "methods/rl_config.py", "stages/rl.py", "objectives/policy_gradient.py", "objectives/kl.py",
       "methods/rewards.py")
 
