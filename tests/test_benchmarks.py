@@ -13,7 +13,9 @@ from tms.data.tasks.multiple_choice import (
     MMLUProTask,
     SafetyBenchTask,
     extract_choice,
+    extract_mmlu_pro,
     format_question,
+    mmlu_pro_guess,
 )
 from tms.data.tasks.safety_judge import (
     KeywordRefusalJudge,
@@ -139,6 +141,79 @@ def test_mmlu_pro_loads_parquet_with_ten_options(tmp_path):
     assert task.verify("... so the answer is (J)", "J") == 1.0 and task.verify("The answer is (I)", "J") == 0.0
     with pytest.raises(ValueError, match="no data for split 'train'"):
         task.examples("train")
+
+
+# (completion, official MMLU-Pro extraction, lenient extract_choice over A-J)
+MMLU_PRO_EXTRACTION = [
+    ("The answer is (B).", "B", "B"),
+    ("the answer is (J)", "J", "J"),
+    ("The answer is: (D)", "D", "D"),  # rule 1 needs "is (X" or "is X": ": (" falls to rule 3
+    ("answer: D", "D", "D"),
+    ("**Answer:** B", "B", "B"),  # rule 2 fails on "**", rule 3 finds the lone B
+    ("The answer is **C**.", "C", "C"),
+    ("Answer:\n\nE", "E", "E"),  # \s* in rule 2 crosses the blank lines
+    (r"so \boxed{B}", "B", "B"),
+    ("Between B and C, I pick C. The rest, D and E, are out.", "E", "E"),
+    # where the official chain and the lenient extractor disagree
+    ("The answer is A. Wait, re-checking: the answer is C.", "A", "C"),  # official: first statement
+    ("Answer: C\nFinal answer: D", "C", "D"),  # rule 2 stops at the first line with a match
+    ("Answer: d", None, "D"),  # official is case-sensitive
+    ("Option B. A careful reading confirms it.", "A", "B"),  # the article counts officially
+    ("I am not sure.", "I", None),  # and so does the pronoun
+    ("Answer: I think it is (J)", "I", "J"),
+    ("I believe the answer is a) photosynthesis", "I", "A"),
+    ("e", None, "E"),
+    # nothing to extract
+    ("There is no correct answer here.", None, None),
+    ("answer is (K)", None, None),
+    ("12345", None, None),
+    ("", None, None),
+]
+
+
+@pytest.mark.parametrize("text, official, lenient", MMLU_PRO_EXTRACTION)
+def test_mmlu_pro_official_extraction_and_where_it_differs_from_the_lenient_one(text, official, lenient):
+    assert extract_mmlu_pro(text) == official
+    assert extract_choice(text, "ABCDEFGHIJ") == lenient
+
+
+def test_mmlu_pro_task_scores_through_the_official_chain_by_default(tmp_path):
+    path = write_parquet(tmp_path / "mmlu_pro.parquet", [mmlu_pro_row(1, 2), mmlu_pro_row(2, 0)])
+    official = MMLUProTask(test_source=path)
+    lenient = MMLUProTask(test_source=path, extraction="lenient")
+    c, a = (e.answer for e in official.examples("test"))
+    assert (c, a) == ("C", "A") and official.extraction == "official"
+    for text, want, want_lenient in MMLU_PRO_EXTRACTION:
+        assert official.extract_answer(text) == want and lenient.extract_answer(text) == want_lenient
+        assert official.verify(text, c) == float(want == "C") and lenient.verify(text, c) == float(want_lenient == "C")
+    first_then_second = "The answer is A. Wait, re-checking: the answer is C."
+    assert official.score([first_then_second] * 2, [c, a]) == [0.0, 1.0]
+    assert lenient.score([first_then_second] * 2, [c, a]) == [1.0, 0.0]
+
+
+def test_mmlu_pro_unanswered_scores_zero_or_the_official_seeded_guess(tmp_path):
+    import random
+
+    random.seed(12345)  # compute_accuracy.py's guess, re-drawn the way the script draws it
+    official_guess = random.choice(["A", "B", "C", "D", "E", "F", "G", "H", "I", "J"])
+    assert mmlu_pro_guess() == official_guess
+    state = random.getstate()
+    mmlu_pro_guess()
+    assert random.getstate() == state  # the global generator is left alone
+    path = write_parquet(tmp_path / "mmlu_pro.parquet", [mmlu_pro_row(1, 2)])
+    guess = MMLUProTask(test_source=path, unanswered="seeded_guess")
+    other = next(letter for letter in "ABCDEFGHIJ" if letter != official_guess)
+    assert guess.extract_answer("no idea") is None  # the guess is a score, never an extracted answer
+    assert guess.verify("no idea", official_guess) == 1.0 and guess.verify("no idea", other) == 0.0
+    assert MMLUProTask(test_source=path).verify("no idea", official_guess) == 0.0
+    assert guess.verify(f"The answer is ({other})", other) == 1.0
+
+
+def test_mmlu_pro_options_are_checked_by_name():
+    with pytest.raises(ValueError, match="extraction must be one of .*'strict'"):
+        MMLUProTask(extraction="strict")
+    with pytest.raises(ValueError, match="unanswered must be one of .*'random'"):
+        MMLUProTask(unanswered="random")
 
 
 # -- SafetyBench --------------------------------------------------------------------------------

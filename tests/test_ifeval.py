@@ -1,12 +1,18 @@
-"""IFEval: every covered instruction type on a passing and a failing response; loader; strict vs loose."""
+"""IFEval: every instruction type on a passing and a failing response; loader; strict vs loose; language
+identification; parity with lm-eval's checkers (tests/fixtures/ifeval_lm_eval_parity.json); the checker option."""
 
+import collections
 import json
 import logging
+import random
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tms.data.tasks import ifeval_checks
 from tms.data.tasks.ifeval import IFEvalTask
 from tms.data.tasks.ifeval_checks import (
     CHECKS,
@@ -118,7 +124,7 @@ CASES = [  # (instruction id, kwargs, passing response, failing response)
         "This is Very important news.",
     ),
     ("change_case:english_capital", {}, "THIS IS THE ANSWER.", "This is the answer."),
-    ("change_case:english_capital", {}, "THIS IS THE ANSWER.", "LE CHAT EST SUR LA TABLE ET IL NE VEUT PAS PARTIR."),
+    ("change_case:english_capital", {}, "THIS IS THE ANSWER.", "DER HUND IST NICHT GROSS UND DIE KATZE AUCH NICHT."),
     ("change_case:english_lowercase", {}, "this is the answer.", "This is the answer."),
     ("punctuation:no_comma", {}, "No commas here.", "Well, here is one."),
 ]
@@ -245,3 +251,183 @@ def test_ifeval_train_split_takes_teacher_completions(tmp_path):
     task = IFEvalTask(train_source=str(source), test_source=str(source), teacher_completions=str(teacher))
     assert [e.reference for e in task.examples("train")] == ['"A note"', "Five words here, friend."]
     assert [e.reference for e in task.examples("test")] == ["", ""]
+
+
+# -- language identification ------------------------------------------------------------------
+def test_language_checks_use_langdetect_exactly_as_lm_eval():
+    langdetect = pytest.importorskip("langdetect")
+    from tms.data.tasks.ifeval_checks import seeded_langdetect
+
+    assert seeded_langdetect() is langdetect and langdetect.DetectorFactory.seed == 0
+    # LangDetectException ("No features in text") counts as followed, as in lm-eval's checkers
+    assert follows("language:response_language", "1234 5678 !!!", {"language": "fr"}) is True
+    # langdetect reads upper-case French as English: the official verdict, kept
+    assert langdetect.detect("LE CHAT EST SUR LA TABLE ET IL NE VEUT PAS PARTIR.") == "en"
+    assert follows("change_case:english_capital", "LE CHAT EST SUR LA TABLE ET IL NE VEUT PAS PARTIR.") is True
+    assert follows("change_case:english_capital", "2024 !!!") is False  # not isupper(): langdetect is never asked
+    text = "Wonderful sunny weather today; children playing outside, happy families walking dogs everywhere."
+    assert [follows("language:response_language", text, {"language": "en"}) for _ in range(3)] == [True] * 3
+
+
+def test_without_langdetect_an_undecided_language_is_not_followed(monkeypatch, caplog):
+    monkeypatch.setattr(ifeval_checks, "seeded_langdetect", lambda: None)
+    monkeypatch.setattr(ifeval_checks, "_WARNED", set())
+    undecided = "Wonderful sunny weather today; children playing outside, happy families walking dogs everywhere."
+    assert detect_language(undecided) is None
+    with caplog.at_level(logging.WARNING):
+        assert follows("language:response_language", undecided, {"language": "en"}) is False
+        assert follows("change_case:english_lowercase", undecided.lower()) is False
+        assert follows("language:response_language", "El perro es muy grande y la casa está en el centro.",
+                       {"language": "es"}) is True
+        assert follows("language:response_language", "1234 !!!", {"language": "fr"}) is True  # no letters at all
+    assert caplog.text.count("langdetect is not installed") == 1
+
+
+# -- parity with lm-eval's checkers (tests/fixtures/ifeval_lm_eval_parity.json) ---------------
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "ifeval_lm_eval_parity.json").read_text())
+REFERENCE = [c for c in FIXTURE["cases"] if c["strict"] is not None]
+LANGUAGE_IDS = {"language:response_language", "change_case:english_capital", "change_case:english_lowercase"}
+
+
+def agreement(cases):
+    """Offline vs fixture, per instruction id: {id: (agreeing, total)}, and the disagreeing cases."""
+    table, wrong = collections.defaultdict(lambda: [0, 0]), []
+    for c in cases:
+        got = tuple(check_instructions(c["response"], [c["instruction_id"]], [c["kwargs"]], loose=loose)[0]
+                    for loose in (False, True))
+        row = table[c["instruction_id"]]
+        row[1] += 1
+        if got == (c["strict"], c["loose"]):
+            row[0] += 1
+        else:
+            wrong.append((c["id"], (c["strict"], c["loose"]), got))
+    return dict(table), wrong
+
+
+def report(title, table):
+    agree, total = sum(a for a, _ in table.values()), sum(t for _, t in table.values())
+    lines = [f"{title}: {agree}/{total} cases agree ({100 * agree / total:.1f}%)"]
+    lines += [f"  {iid:48s} {a}/{t}" for iid, (a, t) in sorted(table.items())]
+    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def test_the_fixture_covers_all_25_instructions_and_only_sentence_counts_lack_a_verdict():
+    assert len(FIXTURE["cases"]) >= 60 and len({c["id"] for c in FIXTURE["cases"]}) == len(FIXTURE["cases"])
+    assert {c["instruction_id"] for c in REFERENCE} == set(CHECKS)
+    assert {c["reference"] for c in REFERENCE} <= {"lm_eval", "lm_eval/preserve_line", "bound"}
+    missing = {c["instruction_id"] for c in FIXTURE["cases"] if c["strict"] is None}
+    assert missing <= {"length_constraints:number_sentences"}  # needs punkt_tab; see the fixture's "derived"
+    if missing:
+        assert not FIXTURE["reference"]["punkt_tab"] and "length_constraints:number_sentences" in FIXTURE["derived"]
+
+
+def test_offline_checks_agree_with_lm_eval_on_every_fixture_case():
+    pytest.importorskip("langdetect")  # without it, the next test
+    table, wrong = agreement(REFERENCE)
+    text = report("offline (langdetect) vs lm-eval", table)
+    assert not wrong, f"{text}\ndisagreements (id, lm-eval strict/loose, offline strict/loose): {wrong}"
+
+
+def test_without_langdetect_the_fallback_agrees_except_where_it_cannot_tell(monkeypatch):
+    """The heuristic only ever errs towards "not followed" (it never passes what lm-eval fails), and every
+    instruction that does not identify a language agrees with lm-eval."""
+    monkeypatch.setattr(ifeval_checks, "seeded_langdetect", lambda: None)
+    table, wrong = agreement(REFERENCE)
+    text = report("offline (heuristic, no langdetect) vs lm-eval", table)
+    assert all(a == t for iid, (a, t) in table.items() if iid not in LANGUAGE_IDS), text
+    inflated = [w for w in wrong if any(got and not want for got, want in zip(w[2], w[1]))]
+    assert not inflated, f"{text}\nthe fallback passes what lm-eval fails: {inflated}"
+    assert sum(a for iid, (a, t) in table.items() if iid in LANGUAGE_IDS) >= 0.8 * sum(
+        t for iid, (a, t) in table.items() if iid in LANGUAGE_IDS), text
+
+
+def test_word_tokens_is_nltks_treebank_tokenizer():
+    pytest.importorskip("nltk")
+    from nltk.tokenize import NLTKWordTokenizer
+
+    from tms.data.tasks.ifeval_checks import loose_variants, word_tokens
+
+    rng = random.Random(0)
+    alphabet = "aB .,:;'\"!?()[]{}<>-*`«»“”‘’„—–09\n@#$%&/_"
+    texts = [v for c in FIXTURE["cases"] for v in loose_variants(c["response"])]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(3000)]
+    texts += ["YOU CANNOT, GONNA wanna go", "'TIS TRUE 'twas", "D'ye more'n HE'LL SHE'D", "x -- y...z"]
+    treebank = NLTKWordTokenizer()
+    assert [t for t in texts if word_tokens(t) != treebank.tokenize(t)] == []
+
+
+# -- lm-eval's own checkers -------------------------------------------------------------------
+@pytest.fixture
+def lm_eval_checkers(monkeypatch):
+    """lm-eval's IFEval modules loaded as if punkt_tab were installed; nltk.download refused (no network)."""
+    from tms.data.tasks import ifeval_reference
+
+    if ifeval_reference.lm_eval_unavailable(require_punkt=False):
+        pytest.skip(ifeval_reference.lm_eval_unavailable(require_punkt=False))
+    import nltk
+
+    asked = []
+    monkeypatch.setattr(nltk, "download", lambda *a, **k: asked.append(a) or False)
+    monkeypatch.setattr(ifeval_reference, "lm_eval_unavailable", lambda require_punkt=True: None)
+    ifeval_reference.lm_eval_ifeval.cache_clear()
+    before = {name for name in sys.modules if name.startswith("lm_eval.tasks.ifeval")}
+    yield ifeval_reference
+    ifeval_reference.lm_eval_ifeval.cache_clear()
+    assert {name for name in sys.modules if name.startswith("lm_eval.tasks.ifeval")} == before
+
+
+def test_lm_eval_checker_reproduces_the_fixture_and_drives_the_task(lm_eval_checkers, tmp_path):
+    from tms.data.tasks.ifeval_reference import check_instructions_lm_eval
+
+    punkt = FIXTURE["reference"]["punkt_tab"]
+    cases = [c for c in REFERENCE if c["reference"] == "lm_eval" or punkt]
+    assert len(cases) >= 90
+    for c in cases:
+        got = tuple(check_instructions_lm_eval(c["response"], [c["instruction_id"]], [c["kwargs"]], loose=loose)[0]
+                    for loose in (False, True))
+        assert got == (c["strict"], c["loose"]), c["id"]
+    assert check_instructions_lm_eval("anything", ["future:new_instruction"], [{}]) == [False]
+    source = tmp_path / "ifeval.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in IFEVAL_ROWS))
+    task = IFEvalTask(test_source=str(source), checker="lm_eval")
+    assert task.checker == "lm_eval" and IFEvalTask(test_source=str(source)).checker == "lm_eval"  # auto
+    offline = IFEvalTask(test_source=str(source), checker="offline")
+    first, second = task.examples("test")
+    for completion in ('"A short note for you"', '"A short, note"', "Here are five words. **Is there anything "
+                       "else I can help with?**", ""):
+        for answer in (first.answer, second.answer):
+            assert task.metrics(completion, answer) == offline.metrics(completion, answer)
+    assert task.verify('"A short, note"', first.answer) == 0.0 and task.verify('"A note"', first.answer) == 1.0
+
+
+def test_checker_option_is_checked_and_auto_falls_back_offline(monkeypatch):
+    from tms.data.tasks import ifeval_reference
+
+    with pytest.raises(ValueError, match=r"checker must be one of .*'official'"):
+        IFEvalTask(checker="official")
+    monkeypatch.setattr(ifeval_reference, "lm_eval_unavailable", lambda require_punkt=True: "not installed: lm_eval")
+    with pytest.raises(ImportError, match=r"checker='lm_eval'.*not installed: lm_eval"):
+        IFEvalTask(checker="lm_eval")
+    assert IFEvalTask().checker == "offline" and IFEvalTask(checker="offline").checker == "offline"
+    ifeval_reference.lm_eval_ifeval.cache_clear()
+    with pytest.raises(ImportError, match="not installed: lm_eval"):
+        ifeval_reference.check_instructions_lm_eval("x", ["punctuation:no_comma"], [{}])
+
+
+def test_lm_eval_needs_punkt_tab_and_never_downloads_it(monkeypatch):
+    """Where punkt_tab is missing, lm-eval's checkers are reported unavailable (and auto grades offline)."""
+    from tms.data.tasks import ifeval_reference
+
+    if ifeval_reference.lm_eval_unavailable(require_punkt=False):
+        pytest.skip(ifeval_reference.lm_eval_unavailable(require_punkt=False))
+    import nltk
+
+    try:
+        nltk.data.find(ifeval_reference.PUNKT)
+        pytest.skip("punkt_tab is installed here")
+    except LookupError:
+        pass
+    monkeypatch.setattr(nltk, "download", lambda *a, **k: pytest.fail("tms asked nltk to download data"))
+    assert "punkt_tab" in ifeval_reference.lm_eval_unavailable()
+    assert IFEvalTask().checker == "offline"

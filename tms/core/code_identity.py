@@ -58,7 +58,8 @@ PACKAGE = Path(__file__).resolve().parents[1]
 #: per stage kind: bump by hand when a stage's outputs change for a reason the hashed files do not show
 VERSIONS = {"base": "1", "gguf": "1", "sft": "1", "student": "1", "harvest": "1", "rl": "1", "eval": "1"}
 
-VERIFIERS = ("data/tasks/verify.py", "data/tasks/ifeval_checks.py", "data/tasks/safety_judge.py")
+VERIFIERS = ("data/tasks/verify.py", "data/tasks/ifeval_checks.py", "data/tasks/ifeval_reference.py",
+             "data/tasks/safety_judge.py")
 TRAINING = ("training/loop.py", "training/callbacks.py", "training/optim.py", "training/resume.py",
             "training/numerics.py", "models/loading.py", "models/strategies.py", "objectives/nll.py",
             "objectives/head_logprobs.py", "objectives/policy_gradient.py", "objectives/kl.py", "methods/base.py",

@@ -12,16 +12,45 @@ jsonl of ``{"id", "completion"}`` (ids are the ``key`` values) applied to the tr
 
 ``verify`` is the paper's metric, strict prompt-level accuracy (every instruction followed);
 :meth:`IFEvalTask.metrics` adds the loose and instruction-level variants under lm-eval's names.
-The checks and their differences from the official checker are in
-:mod:`tms.data.tasks.ifeval_checks`.
+
+``checker`` chooses who grades: ``lm_eval`` runs lm-evaluation-harness's own checkers
+(:mod:`tms.data.tasks.ifeval_reference`; needs ``lm_eval``, ``nltk`` with its ``punkt_tab`` data,
+``langdetect`` and ``immutabledict``), ``offline`` the re-implementation of
+:mod:`tms.data.tasks.ifeval_checks` (its differences from the official checker are listed there),
+``auto`` (the default) lm-eval's when they can run here, else the offline ones. ``auto`` depends on
+what is installed, so pin ``lm_eval`` or ``offline`` where results must not depend on the machine.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from tms.data.tasks import ifeval_reference
 from tms.data.tasks.base import BenchmarkTask, Example
 from tms.data.tasks.ifeval_checks import check_instructions
 from tms.data.tasks.loading import apply_teacher_completions
+
+log = logging.getLogger(__name__)
+CHECKERS = ("auto", "lm_eval", "offline")
+
+
+def resolve_checker(checker: str) -> str:
+    """``lm_eval`` or ``offline``: ``checker`` itself, or for ``auto`` lm-eval's when it can run here.
+
+    Raises ValueError for an unknown name and ImportError (with the reason) for ``lm_eval`` when
+    lm-eval's checkers cannot run.
+    """
+    if checker not in CHECKERS:
+        raise ValueError(f"IFEvalTask: checker must be one of {CHECKERS}, got {checker!r}")
+    if checker == "offline":
+        return "offline"
+    reason = ifeval_reference.lm_eval_unavailable()
+    if checker == "lm_eval" and reason:
+        raise ImportError(f"IFEvalTask: checker='lm_eval' but lm-eval's IFEval checkers cannot run: {reason}")
+    if reason:
+        log.info("IFEval: checker=auto grades with the offline checks (lm-eval's cannot run: %s)", reason)
+        return "offline"
+    return "lm_eval"
 
 
 class IFEvalTask(BenchmarkTask):
@@ -36,10 +65,15 @@ class IFEvalTask(BenchmarkTask):
     def __init__(
         self,
         teacher_completions: str | None = None,
+        checker: str = "auto",
         **dataset: Any,
     ) -> None:
+        """``teacher_completions``: jsonl of train-split references; ``checker``: ``auto`` | ``lm_eval`` |
+        ``offline`` (see the module docstring), resolved here (``self.checker``); ``dataset``: as
+        :class:`BenchmarkTask`."""
         super().__init__(**dataset)
         self.teacher_completions = teacher_completions
+        self.checker = resolve_checker(checker)
 
     def load_split(self, split: str) -> list[Example]:
         examples = super().load_split(split)
@@ -59,7 +93,11 @@ class IFEvalTask(BenchmarkTask):
         return out
 
     def instruction_results(self, completion: str, answer: dict, loose: bool = False) -> list[bool]:
-        """Whether each instruction of ``answer`` is followed (strict, or loose if ``loose``)."""
+        """Whether each instruction of ``answer`` is followed (strict, or loose if ``loose``), by ``self.checker``."""
+        if self.checker == "lm_eval":
+            return ifeval_reference.check_instructions_lm_eval(
+                completion or "", answer["instruction_id_list"], answer["kwargs"], loose=loose
+            )
         return check_instructions(completion or "", answer["instruction_id_list"], answer["kwargs"], loose=loose)
 
     def metrics(self, completion: str, answer: dict) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""IFEval instruction checkers, re-implemented offline (no nltk, no langdetect).
+"""IFEval instruction checkers, re-implemented offline (no nltk; langdetect when installed).
 
 Semantics follow the official checker (google-research ``instruction_following_eval``, copied in
 lm-evaluation-harness ``lm_eval/tasks/ifeval/instructions.py``): one function per instruction id,
@@ -16,20 +16,33 @@ multiple_sections, json_format, title; ``combination:`` two_responses, repeat_pr
 ``startend:`` end_checker, quotation; ``change_case:`` capital_word_frequency, english_capital,
 english_lowercase; ``punctuation:`` no_comma.
 
-Differences from the official checker (the only three that touch nltk or langdetect):
+Language identification (``response_language``, ``english_capital``, ``english_lowercase``) is the
+official one when ``langdetect`` is installed (a core dependency of tms): ``langdetect.detect(text)
+== language``, and a text langdetect cannot read (``LangDetectException``, e.g. no letters) counts
+as followed, exactly as lm-eval does. tms sets ``DetectorFactory.seed = 0`` (unless a seed is
+already set) so that detection is deterministic; lm-eval 0.4.13 leaves it unseeded, so its verdicts
+on borderline texts can change from run to run. Without langdetect, :func:`detect_language` (a
+small heuristic: dominant Unicode script, then distinctive letters or stop words, the 30 languages
+IFEval uses) decides, and a language it cannot tell counts as **not** followed (a warning says so
+once); only a text without any letter passes, as with langdetect.
+
+Where lm-eval needs nltk's ``punkt_tab`` data, which tms does not use:
 
 * ``number_sentences`` counts sentences with the official module's own regex splitter
   (:func:`split_into_sentences`, from ``instructions_util.split_into_sentences``) instead of the
   nltk Punkt model, which needs the ``punkt_tab`` download. They can disagree on abbreviations
   and unusual punctuation.
-* ``capital_word_frequency`` tokenises with :func:`word_tokens` (words, hyphenated words and
-  ``'xx`` contraction suffixes as tokens, like nltk's Treebank tokenizer on ordinary prose)
-  instead of ``nltk.word_tokenize``. Dotted acronyms (``U.S.``) count once per letter.
-* language identification (``response_language``, ``english_capital``, ``english_lowercase``)
-  uses :func:`detect_language`, a small heuristic (dominant Unicode script, then distinctive
-  letters or stop words) instead of langdetect. It covers the 30 languages IFEval uses. When it
-  cannot decide (e.g. no letters, or Latin text without any known stop word) the check passes,
-  as the official checker does when langdetect raises.
+* ``capital_word_frequency`` tokenises with :func:`word_tokens`, a port of nltk's Treebank word
+  tokenizer (``NLTKWordTokenizer``), applied to the whole response; ``nltk.word_tokenize`` first
+  splits it into Punkt sentences (which needs ``punkt_tab``) and tokenises each. Punkt cuts only
+  after ``.?!`` (and closing quotes or brackets after them), where the Treebank rules then split
+  off punctuation that is never upper-case, so the number of upper-case tokens, all the check
+  counts, comes out the same (``tools/make_ifeval_fixture.py`` checks this on every fixture text
+  for every set of cuts Punkt could make).
+
+Where lm-eval and its data are installed, :class:`~tms.data.tasks.ifeval.IFEvalTask` can grade with
+lm-eval's own checkers instead (``checker="lm_eval"``, :mod:`tms.data.tasks.ifeval_reference`);
+``tests/test_ifeval.py`` measures how often these checks agree with them.
 
 Also: kwargs are kept unless None (lm-eval drops every falsy value), and a checker that raises
 (bad kwargs) scores False instead of crashing. Unknown instruction ids score False (strict and
@@ -38,6 +51,7 @@ loose) and are logged once each, so a newer IFEval release cannot silently infla
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import re
@@ -46,6 +60,13 @@ from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """Log ``message`` the first time ``key`` is seen in this process."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message)
 
 # -- text utilities -----------------------------------------------------------------------------
 _ALPHABETS = "([A-Za-z])"
@@ -88,9 +109,61 @@ def count_words(text: str) -> int:
     return len(re.findall(r"\w+", text))
 
 
+# A port of nltk 3.10's NLTKWordTokenizer.tokenize (Apache-2.0), the tokenizer ``nltk.word_tokenize`` runs
+# on each sentence; ``redos.compile`` there is ``re.compile``, and its one possessive ``*+`` is a plain ``*``
+# here (same matches: what follows it must be whitespace up to the end) so that Python 3.10 compiles it.
+_TB_STARTING_QUOTES = (
+    (re.compile("([«“‘„]|[`]+)"), r" \1 "),
+    (re.compile(r"^\""), r"``"),
+    (re.compile(r"(``)"), r" \1 "),
+    (re.compile(r"([ \(\[{<])(\"|\'{2})"), r"\1 `` "),
+    (re.compile(r"(?i)(?<!\w)(\')(?!(?:re|ve|ll|m|t|s|d|n)\b)(?=\w)"), r"\1 "),
+)
+_TB_PUNCTUATION = (
+    (re.compile(r"([^\.])(\.)([\]\)}>\"\'»”’ ]*)\s*$"), r"\1 \2 \3 "),
+    (re.compile(r"([:,])([^\d])"), r" \1 \2"),
+    (re.compile(r"([:,])$"), r" \1 "),
+    (re.compile(r"\.{2,}"), r" \g<0> "),
+    (re.compile(r"[;@#$%&]"), r" \g<0> "),
+    (re.compile("[\u2012-\u2015]"), r" \g<0> "),
+    (re.compile(r"([^\.])(\.)([\]\)}>\"\']*)\s*$"), r"\1 \2\3 "),
+    (re.compile(r"[?!]"), r" \g<0> "),
+    (re.compile(r"([^'])' "), r"\1 ' "),
+    (re.compile(r"[*]"), r" \g<0> "),
+    (re.compile(r"[\]\[\(\)\{\}\<\>]"), r" \g<0> "),
+    (re.compile(r"--"), r" -- "),
+)
+_TB_ENDING_QUOTES = (
+    (re.compile("([»”’])"), r" \1 "),
+    (re.compile(r"''"), " '' "),
+    (re.compile(r'"'), " '' "),
+    (re.compile(r"\s+"), " "),
+    (re.compile(r"([^' ])('[sS]|'[mM]|'[dD]|') "), r"\1 \2 "),
+    (re.compile(r"([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) "), r"\1 \2 "),
+)
+_TB_CONTRACTIONS = tuple(re.compile(p) for p in (
+    r"(?i)\b(can)(?#X)(not)\b", r"(?i)\b(d)(?#X)('ye)\b", r"(?i)\b(gim)(?#X)(me)\b", r"(?i)\b(gon)(?#X)(na)\b",
+    r"(?i)\b(got)(?#X)(ta)\b", r"(?i)\b(lem)(?#X)(me)\b", r"(?i)\b(more)(?#X)('n)\b", r"(?i)\b(wan)(?#X)(na)(?=\s)",
+    r"(?i) ('t)(?#X)(is)\b", r"(?i) ('t)(?#X)(was)\b",
+))
+
+
 def word_tokens(text: str) -> list[str]:
-    """Treebank-like tokens: words (hyphenated kept whole), ``'xx`` suffixes, punctuation marks."""
-    return re.findall(r"\w+(?:-\w+)*|['’]\w+|[^\w\s]", text)
+    """nltk's Treebank word tokens of ``text`` taken whole (``nltk.word_tokenize(text, preserve_line=True)``).
+
+    The rules of ``NLTKWordTokenizer.tokenize`` in order: starting quotes, punctuation (the final
+    period, ``,`` and ``:`` unless before a digit, ``...``, ``;@#$%&``, dashes, ``?!``, ``*``),
+    brackets, ``--``, ending quotes and ``'s``/``n't``-style suffixes, then ``cannot``-style
+    contractions. Periods inside a text stay on their word (``U.S.``, ``them.``).
+    """
+    for pattern, repl in _TB_STARTING_QUOTES + _TB_PUNCTUATION:
+        text = pattern.sub(repl, text)
+    text = " " + text + " "
+    for pattern, repl in _TB_ENDING_QUOTES:
+        text = pattern.sub(repl, text)
+    for pattern in _TB_CONTRACTIONS:
+        text = pattern.sub(r" \1 \2 ", text)
+    return text.split()
 
 
 _SCRIPTS = (  # (name, ranges); a letter counts for the first script whose range holds it
@@ -105,7 +178,7 @@ _SCRIPTS = (  # (name, ranges); a letter counts for the first script whose range
 _STOPWORD_TEXT = {
     "en": "the and is are of to in that it with for this you was be have not on as",
     "es": "el la los las y es del por una con que en se para más pero está muy también",
-    "pt": "o os as não um uma é do da dos das em com para que você mais são muito também",
+    "pt": "o os as não um uma é do da dos das em com para que você mais são muito também eu isso já ao",
     "fr": "le la les et est des du une un que pas pour dans sur avec ce il je vous nous",
     "de": "der die das und ist nicht ein eine zu mit den dem sich auf für ich sie es auch",
     "it": "il lo la gli le e è di che non un una per con del della sono mi anche",
@@ -170,9 +243,40 @@ def _vote(words: Sequence[str], languages: Sequence[str]) -> str | None:
     return None if best == 0 else max(languages, key=lambda lang: scores[lang])
 
 
-def _is_language(text: str, language: str) -> bool:
-    detected = detect_language(text)
-    return detected is None or detected == language
+@functools.lru_cache(maxsize=None)
+def seeded_langdetect() -> Any:
+    """The ``langdetect`` module with ``DetectorFactory.seed = 0`` (unless already seeded), or None if absent."""
+    try:
+        import langdetect
+    except ImportError:
+        return None
+    if langdetect.DetectorFactory.seed is None:
+        langdetect.DetectorFactory.seed = 0
+    return langdetect
+
+
+def is_language(text: str, language: str) -> bool:
+    """Whether ``text`` is in ``language`` (ISO 639-1), as the official checker decides.
+
+    With langdetect: ``langdetect.detect(text) == language``; a ``LangDetectException`` (no
+    features, e.g. no letters) counts as followed, like lm-eval's ``ResponseLanguageChecker``.
+    Without it: :func:`detect_language` must name ``language``; undecided is not followed, except
+    for a text without letters (where langdetect raises, so the official checker passes).
+    """
+    langdetect = seeded_langdetect()
+    if langdetect is not None:
+        try:
+            return langdetect.detect(text) == language
+        except langdetect.LangDetectException:
+            return True
+    _warn_once(
+        "no-langdetect",
+        "IFEval: langdetect is not installed; language checks use a heuristic that scores an undecided "
+        "language as not followed (pip install langdetect for the official detector)",
+    )
+    if not any(ch.isalpha() for ch in text):
+        return True
+    return detect_language(text) == language
 
 
 def _compare(count: int, threshold: int, relation: str) -> bool:
@@ -201,7 +305,7 @@ def letter_frequency(r: str, letter: str, let_frequency: int, let_relation: str)
 
 
 def response_language(r: str, language: str) -> bool:
-    return _is_language(r, language)
+    return is_language(r, language)
 
 
 def number_sentences(r: str, num_sentences: int, relation: str) -> bool:
@@ -317,11 +421,11 @@ def capital_word_frequency(r: str, capital_frequency: int, capital_relation: str
 
 
 def english_capital(r: str) -> bool:
-    return r.isupper() and _is_language(r, "en")
+    return r.isupper() and is_language(r, "en")
 
 
 def english_lowercase(r: str) -> bool:
-    return r.islower() and _is_language(r, "en")
+    return r.islower() and is_language(r, "en")
 
 
 def no_comma(r: str) -> bool:
@@ -358,12 +462,6 @@ CHECKS: dict[str, Callable[..., bool]] = {
 
 
 # -- grading ------------------------------------------------------------------------------------
-def _warn_once(key: str, message: str) -> None:
-    if key not in _WARNED:
-        _WARNED.add(key)
-        log.warning(message)
-
-
 def follows(instruction_id: str, response: str, kwargs: dict[str, Any] | None = None) -> bool:
     """Whether ``response`` follows one instruction (official strict check; empty fails)."""
     check = CHECKS.get(instruction_id)

@@ -4,14 +4,16 @@ Also holds :class:`BenchmarkTask`, the base of every benchmark task in this pack
 per split (a hub id or a local ``.jsonl``/``.parquet`` file in the dataset's real schema, read by
 :func:`~tms.data.tasks.loading.load_records`), a hub config name and a ``limit``.
 
-Grading is accuracy of the option letter that :func:`extract_choice` finds in the completion.
-Prompts list the options as ``(A) text`` lines, like the official SafetyBench zero-shot prompt,
-and ask for a final ``The answer is (X)``, the format the official MMLU-Pro CoT evaluation
-extracts.
+Grading is accuracy of the option letter found in the completion: ARC-Challenge and SafetyBench
+use the lenient :func:`extract_choice`; MMLU-Pro uses its official extraction chain
+(:func:`extract_mmlu_pro`) unless ``extraction="lenient"``. Prompts list the options as ``(A) text``
+lines, like the official SafetyBench zero-shot prompt, and ask for a final ``The answer is (X)``,
+the format the official MMLU-Pro CoT evaluation extracts.
 """
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -78,6 +80,56 @@ def extract_choice(text: str | None, labels: Sequence[str] = "ABCD") -> str | No
         if found is not None:
             return found
     return None
+
+
+# The official MMLU-Pro chain (TIGER-AI-Lab/MMLU-Pro, evaluate_from_local.py and evaluate_from_api.py:
+# extract_answer -> extract_again -> extract_final; compute_accuracy.py's "l2" level is the same chain).
+_MMLU_PRO_ANSWER_IS = re.compile(r"answer is \(?([A-J])\)?")
+_MMLU_PRO_ANSWER_COLON = re.compile(r".*[aA]nswer:\s*([A-J])")
+_MMLU_PRO_LAST_LETTER = re.compile(r"\b[A-J]\b(?!.*\b[A-J]\b)", re.DOTALL)
+#: compute_accuracy.py's seed for the guess it scores when nothing is extracted
+MMLU_PRO_GUESS_SEED = 12345
+
+
+def extract_mmlu_pro(text: str | None) -> str | None:
+    """The option letter the official MMLU-Pro evaluation extracts from ``text``, or None.
+
+    The chain of ``extract_answer`` / ``extract_again`` / ``extract_final`` in the MMLU-Pro
+    repository's ``evaluate_from_local.py`` and ``evaluate_from_api.py`` (TIGER-AI-Lab/MMLU-Pro),
+    case-sensitive, letters ``A``-``J`` whatever the number of options:
+
+    1. the first ``answer is X`` / ``answer is (X)`` (regex ``answer is \\(?([A-J])\\)?``);
+    2. else ``answer: X`` (regex ``.*[aA]nswer:\\s*([A-J])``, ``re.search`` without DOTALL: the
+       last ``answer:`` of the first line that has one);
+    3. else the last standalone capital ``A``-``J`` (``\\b[A-J]\\b(?!.*\\b[A-J]\\b)``, DOTALL);
+    4. else None.
+
+    Unlike :func:`extract_choice`: rule 1 takes the *first* statement (``"the answer is A. Wait,
+    the answer is C"`` gives ``A``), lower-case letters never count (``"Answer: d"`` falls through
+    to rule 3), the article ``A`` and the pronoun ``I`` count as letters in rule 3, and markdown
+    between ``is`` and the letter (``answer is **C**``) defeats rule 1. ``evaluate_from_api.py``
+    first deletes ``**`` from API responses; ``evaluate_from_local.py`` (local models) does not,
+    and neither does this function.
+    """
+    if not text:
+        return None
+    for pattern in (_MMLU_PRO_ANSWER_IS, _MMLU_PRO_ANSWER_COLON):
+        match = pattern.search(text)
+        if match:
+            return match.group(1)
+    match = _MMLU_PRO_LAST_LETTER.search(text)
+    return match.group(0) if match else None
+
+
+def mmlu_pro_guess() -> str:
+    """The letter ``compute_accuracy.py`` scores when nothing is extracted.
+
+    ``random.seed(12345)`` then ``random.choice`` over ``A``-``J``, re-seeded for every question,
+    so the same letter every time (computed here with a private :class:`random.Random`).
+    ``evaluate_from_local.py`` instead draws ``randint(0, len(options) - 1)`` after the same seed:
+    the same letter for questions with 8-10 options, another one for shorter questions.
+    """
+    return random.Random(MMLU_PRO_GUESS_SEED).choice(list(LETTERS))
 
 
 def format_question(question: str, options: Sequence[str], instruction: str | None = DEFAULT_INSTRUCTION) -> str:
@@ -158,6 +210,10 @@ class ARCChallengeTask(MultipleChoiceTask):
 class MMLUProTask(MultipleChoiceTask):
     """MMLU-Pro (``TIGER-Lab/MMLU-Pro``): up to ten options, splits ``validation`` (70) and ``test``.
 
+    Graded by default with the official answer extraction (:func:`extract_mmlu_pro`). A completion
+    with no extractable letter scores 0; the official scripts score a seeded random guess instead
+    (``unanswered="seeded_guess"``).
+
     Schema: ``question_id``, ``question``, ``options``, ``answer`` (letter), ``answer_index``,
     ``category``, ``cot_content``, ``src``. The reference is ``cot_content`` where present (the
     validation split's worked answers) and ``The answer is (X).`` otherwise.
@@ -169,6 +225,41 @@ class MMLUProTask(MultipleChoiceTask):
     required_fields = ("question_id", "question", "options", "answer")
     default_sources = {"train": None, "val": "TIGER-Lab/MMLU-Pro", "test": "TIGER-Lab/MMLU-Pro"}
     default_config_name = None
+    EXTRACTIONS = ("official", "lenient")
+    UNANSWERED = ("zero", "seeded_guess")
+
+    def __init__(
+        self,
+        extraction: str = "official",
+        unanswered: str = "zero",
+        instruction: str | None = DEFAULT_INSTRUCTION,
+        **dataset: Any,
+    ) -> None:
+        """``extraction``: ``official`` (:func:`extract_mmlu_pro`, the MMLU-Pro repository's chain) or
+        ``lenient`` (:func:`extract_choice`, as ARC-C and SafetyBench); ``unanswered``: the score of a
+        completion with no extracted letter, ``zero`` or ``seeded_guess`` (the official scripts' fixed
+        seeded guess, :func:`mmlu_pro_guess`, right when it is the gold letter); ``dataset`` and
+        ``instruction``: as :class:`MultipleChoiceTask`."""
+        super().__init__(instruction=instruction, **dataset)
+        if extraction not in self.EXTRACTIONS:
+            raise ValueError(f"MMLUProTask: extraction must be one of {self.EXTRACTIONS}, got {extraction!r}")
+        if unanswered not in self.UNANSWERED:
+            raise ValueError(f"MMLUProTask: unanswered must be one of {self.UNANSWERED}, got {unanswered!r}")
+        self.extraction = extraction
+        self.unanswered = unanswered
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The letter found by the configured ``extraction`` (None when there is none, never a guess)."""
+        if self.extraction == "official":
+            return extract_mmlu_pro(completion)
+        return extract_choice(completion, self.labels)
+
+    def verify(self, completion: str, answer: Any) -> float:
+        """1.0 when the extracted letter is ``answer``; with no letter, 0.0 (or the seeded guess's score)."""
+        letter = self.extract_answer(completion)
+        if letter is None and self.unanswered == "seeded_guess":
+            letter = mmlu_pro_guess()
+        return float(letter == str(answer).strip().upper())
 
     def build_examples(self, rows: list[dict[str, Any]], where: str) -> list[Example]:
         out = []
