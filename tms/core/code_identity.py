@@ -60,8 +60,8 @@ VERSIONS = {"base": "1", "gguf": "1", "sft": "1", "student": "1", "harvest": "1"
 
 VERIFIERS = ("data/tasks/verify.py", "data/tasks/ifeval_checks.py", "data/tasks/safety_judge.py")
 TRAINING = ("training/loop.py", "training/callbacks.py", "training/optim.py", "training/resume.py",
-            "training/numerics.py", "models/loading.py", "models/strategies.py", "objectives/nll.py", "methods/base.py",
-            "methods/sft.py")
+            "training/numerics.py", "models/loading.py", "models/lora.py", "models/strategies.py", "objectives/nll.py",
+            "methods/base.py", "methods/sft.py")
 #: ``file:name,name`` hashes only those top-level definitions: MATH's gold answer (which decides which training
 #: examples exist) is ``data/tasks/verify.last_boxed``; the rest of verify.py only grades
 DATA = ("data/__init__.py", "data/datamodule.py", "data/formatting.py", "data/position.py", "data/sources.py",

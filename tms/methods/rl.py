@@ -58,6 +58,7 @@ from tms.objectives.nll import completion_mask
 from tms.methods.base import CausalLMModule
 from tms.methods.rl_config import RLConfig
 from tms.models.loading import load_model
+from tms.models.lora import LoraSettings, adapters_disabled
 from tms.objectives.policy_gradient import (aggregate, ema_update, grpo_loss, group_advantages, kl_penalty_k3,
                            leave_one_out_advantages, reinforce_advantages)
 
@@ -110,9 +111,9 @@ class RLModule(CausalLMModule):
     def __init__(self, model_path: str, optimizer: Callable, scheduler: Callable | None = None,
                  model_kwargs: dict[str, Any] | None = None, gradient_checkpointing: bool = False, *,
                  reward_fn: Callable, rl: RLConfig, seed: int = 0, logprob_chunk: int | None = None,
-                 logprob_impl: str = "chunked") -> None:
+                 logprob_impl: str = "chunked", lora: LoraSettings | None = None) -> None:
         super().__init__(model_path, optimizer, scheduler, model_kwargs, gradient_checkpointing, logprob_chunk,
-                         logprob_impl)
+                         logprob_impl, lora)
         self.automatic_optimization = False
         self.reward_fn, self.rl, self.seed = reward_fn, rl, int(seed)
         self.baseline: float | None = None
@@ -123,8 +124,10 @@ class RLModule(CausalLMModule):
 
     # -- models --------------------------------------------------------------------------------
     def configure_model(self) -> None:
+        """The policy (:meth:`CausalLMModule.configure_model`) and, when the KL needs it, the frozen θ0: a second copy
+        of the model, except under LoRA, where θ0 is the policy with its adapters switched off (:meth:`reference_logprobs`)."""
         super().configure_model()
-        if self.rl.needs_reference and not self._ref:
+        if self.rl.needs_reference and not self._ref and self.lora is None:
             ref = load_model(self.model_path, **self.model_kwargs)
             ref.eval().requires_grad_(False)
             self._ref.append(ref)
@@ -134,6 +137,15 @@ class RLModule(CausalLMModule):
         if next(ref.parameters()).device != self.device:
             ref.to(self.device)
         return ref
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[N, L-1]`` token log-probs of ``batch`` under θ0: the frozen copy, or (LoRA) the policy's own frozen base
+        weights with the adapters disabled, in eval mode like the copy."""
+        if self.lora is None:
+            return self._token_logprobs_of(self._reference(), batch)
+        with adapters_disabled(self.peft_model):
+            return self._token_logprobs_of(self.model, batch)
 
 
     def _micro_batches(self, batch: dict[str, torch.Tensor]) -> Iterator[tuple[slice, int, dict[str, torch.Tensor]]]:
@@ -186,7 +198,7 @@ class RLModule(CausalLMModule):
                           lengths=torch.tensor([c.num_tokens for c in completions], device=self.device),
                           truncated=torch.tensor([c.finish_reason == "length" for c in completions], device=self.device))
         if self.rl.needs_reference:
-            rollout.logp_ref = self._token_logprobs_of(self._reference(), rollout.batch)
+            rollout.logp_ref = self.reference_logprobs(rollout.batch)
         return rollout
 
     def _logp_dtype(self) -> torch.dtype:
