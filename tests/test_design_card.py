@@ -26,7 +26,7 @@ def test_the_design_card_command_composes_the_paper_recipe(model):
     cfg = compose(["method=tms", f"model={model}"])
     assert cfg.data.name == "math" and cfg.eval.name == "paper" and cfg.eval.target == "math"
     assert cfg.model.dtype == "bfloat16" and cfg.model.name_or_path
-    assert OmegaConf.to_container(cfg.trainer.auto) == {"single_gpu": "gpu", "multi_gpu": "fsdp"}
+    assert OmegaConf.to_container(cfg.trainer.auto) == {"single_gpu": "gpu", "multi_gpu": "fsdp", "multi_gpu_lora": "ddp"}
 
 
 def test_several_gpus_get_fsdp_over_all_of_them_and_one_gpu_the_single_gpu_trainer(monkeypatch):
@@ -36,6 +36,14 @@ def test_several_gpus_get_fsdp_over_all_of_them_and_one_gpu_the_single_gpu_train
     assert eight.trainer.strategy.layer_classes_from == "Qwen/Qwen2.5-3B-Instruct"  # interpolation kept, resolves
     one = resolved(["method=sft", "model=qwen2.5-3b"], 1, monkeypatch=monkeypatch)
     assert one.trainer.strategy == "auto" and one.trainer.devices == 1 and one.trainer.precision == "bf16-mixed"
+    assert OmegaConf.to_container(one.trainer) == OmegaConf.to_container(compose(["trainer=gpu"]).trainer)
+
+
+def test_lora_gets_ddp_on_several_gpus(monkeypatch):
+    """FSDP1 is refused with LoRA (docs/lora.md): trainer=auto picks DDP there; one GPU is still trainer=gpu."""
+    eight = resolved(["method=tms", "model=qwen2.5-3b", "+model.lora.r=16"], 8, monkeypatch=monkeypatch)
+    assert OmegaConf.to_container(eight.trainer) == OmegaConf.to_container(compose(["trainer=ddp"]).trainer)
+    one = resolved(["method=tms", "model=qwen2.5-3b", "+model.lora.r=16"], 1, monkeypatch=monkeypatch)
     assert OmegaConf.to_container(one.trainer) == OmegaConf.to_container(compose(["trainer=gpu"]).trainer)
 
 

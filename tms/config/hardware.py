@@ -5,7 +5,8 @@ rewrites the config in place, so ``config.resolved.yaml``, the stage keys and ev
 and backend that actually run:
 
 * ``trainer=auto`` (``conf/trainer/auto.yaml``): with more than one local GPU the ``auto.multi_gpu`` trainer
-  option (``fsdp``: every GPU, sharded full fine-tuning), with one the ``auto.single_gpu`` option (``gpu``); any
+  option (``fsdp``: every GPU, sharded full fine-tuning; with ``model.lora`` set the ``auto.multi_gpu_lora`` option,
+  ``ddp``), with one the ``auto.single_gpu`` option (``gpu``); any
   ``trainer.<key>`` given on the command line is applied on top of the chosen option. Without CUDA the run stops
   with a :class:`~tms.core.errors.ConfigError` that says the model needs a GPU and how to force a CPU run.
 * ``harvest.backend=auto``: ``vllm`` when vLLM is importable, CUDA is visible and the trainer runs on GPUs;
@@ -79,7 +80,8 @@ def resolve_trainer(cfg: DictConfig, gpus: int | None = None) -> str | None:
             "a CUDA GPU, and this machine has none (torch.cuda.device_count() == 0). Run it on a GPU machine, pick the "
             "offline toy world (model=tiny, the default), or force a CPU run with trainer=cpu (fp32, very slow for a "
             "model of this size)")
-    name = str(choice.multi_gpu if gpus > 1 else choice.single_gpu)
+    multi = choice.get("multi_gpu_lora") if model.get("lora") is not None else None  # LoRA: not FSDP1 (docs/lora.md)
+    name = str((multi or choice.multi_gpu) if gpus > 1 else choice.single_gpu)
     resolved = OmegaConf.merge(load_option("trainer", name), _user_changes(node, load_option("trainer", "auto")))
     with open_dict(cfg):
         cfg.trainer = resolved

@@ -3,6 +3,7 @@ compute:
 
 * θ0's source (a local directory must hold an HF model; a hub id must look like one), its dtype and
   attention implementation; the cache directory (writable, nothing is created);
+* ``model.lora`` (:func:`check_lora`): the adapters' settings, peft, the trainer, the target modules;
 * batch sizes against the number of training examples;
 * ``data.max_length`` and the prompts (+ the tokens the harvest and RL rollouts generate) against
   the model's context (``max_position_embeddings``), and the prompts against ``data.max_length``;
@@ -26,7 +27,7 @@ from typing import Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from tms.core.cache import REUSE_MODES
-from tms.core.checks import integer, require
+from tms.core.checks import integer, locate, require
 from tms.objectives.head_logprobs import IMPLS
 from tms.core.errors import ConfigError
 from tms.core.redact import secret_items
@@ -34,6 +35,7 @@ from tms.data.formatting import prompt_ids
 from tms.data.tasks.base import Example, Task
 from tms.models.gguf import locate_gguf
 from tms.models.loading import DTYPES, check_model_source, load_tokenizer
+from tms.models.lora import LoraSettings, apply_lora, check_peft
 from tms.toy.tasks import ToyTask
 from tms.toy.tokenizer import QWEN2_PATTERN
 from tms.toy.world import toy_base_stage
@@ -91,6 +93,71 @@ def check_model(cfg: DictConfig) -> None:
     else:
         require(m.get("build") is not None, "model.build",
                 "needed when model.name_or_path and model.gguf are null (toy world)")
+
+
+def check_lora(cfg: DictConfig) -> None:
+    """``model.lora`` (null: full fine-tuning): its keys, types and ranges, peft installed, a trainer it works with
+    (not FSDP1), and its target modules against the model's architecture when the model's config is at hand
+    (instantiated on the meta device: no weights read, no download)."""
+    settings = LoraSettings.from_config(cfg.model.get("lora"))
+    if settings is None:
+        return
+    check_peft()
+    require(not is_fsdp1(cfg.trainer.get("strategy")), "model.lora",
+            "LoRA is not supported with FSDP1 (trainer=fsdp): its flat parameters would mix frozen and trained "
+            "weights. Use trainer=ddp (the frozen model fits each GPU; trainer=auto's choice with LoRA), trainer=fsdp2 "
+            "or trainer=gpu")
+    model = meta_model(cfg)
+    if model is not None:
+        apply_lora(model, settings)  # ConfigError for a target the model lacks, the output head or a tied weight
+
+
+def is_fsdp1(strategy) -> bool:
+    """Whether ``trainer.strategy`` (a name or a ``_target_`` node) is Lightning's FSDPStrategy (FSDP1) or a subclass."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if strategy is None:
+        return False
+    if isinstance(strategy, str):
+        return strategy.startswith("fsdp")
+    target = strategy.get("_target_") if OmegaConf.is_dict(strategy) else None
+    if target is None:
+        return False
+    cls = locate("trainer.strategy._target_", str(target))
+    return isinstance(cls, type) and issubclass(cls, FSDPStrategy)
+
+
+def meta_model(cfg: DictConfig):
+    """θ0's architecture on the meta device (no weights), when its config is available offline; else None.
+
+    From a local directory or the HF cache (hub ids, not with ``trust_remote_code``), the toy world's cached θ0 or its
+    ``model.build.architecture`` (the Qwen2 that :func:`tms.toy.world.init_model` builds)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
+
+    m = cfg.model
+    config = None
+    if m.get("name_or_path") and not m.get("trust_remote_code"):
+        src = str(m.name_or_path)
+        local = Path(os.path.expanduser(src))
+        found = local / "config.json" if local.is_dir() else hub_cached(src, "config.json", m.get("revision"))
+        if found is not None and Path(found).is_file():
+            config = AutoConfig.from_pretrained(str(Path(found).parent))
+    elif not m.get("name_or_path") and m.get("gguf") is None and m.get("build") is not None:
+        stage = toy_base_stage(cfg)
+        if stage.done:
+            config = AutoConfig.from_pretrained(str(stage.dir / "model"))
+        else:
+            arch = OmegaConf.to_container(m.build.get("architecture") or {}, resolve=True)
+            config = Qwen2Config(vocab_size=int(m.build.vocab_size), tie_word_embeddings=True, **arch)
+    if config is None:
+        return None
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, OSError) as err:  # an architecture transformers cannot build here: checked at load
+        log.info("validation: model.lora targets not checked before loading (%s)", err)
+        return None
 
 
 def check_toy_held_out(cfg: DictConfig) -> None:

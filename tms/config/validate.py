@@ -5,7 +5,7 @@ Every error is a :class:`ConfigError` that names the config key (or the file) an
 an invalid run fails in seconds and writes nothing. It first makes the hardware-dependent choices in place
 (:func:`tms.config.hardware.resolve_hardware`: ``trainer=auto``, ``harvest.backend=auto``), then checks
 
-* every key a stage reads, with its type and range: ``model`` (dtype, attention), ``data``, ``sft``
+* every key a stage reads, with its type and range: ``model`` (dtype, attention, the LoRA adapters), ``data``, ``sft``
   (and the toy world's ``model.build.pretrain``) with the optimiser's and the scheduler's arguments
   (both are built once on a dummy parameter), ``trainer`` (keys tms sets itself or cannot work with,
   keys ``L.Trainer`` does not take, accelerator, devices, precision, strategy), ``logger``, ``harvest``
@@ -26,6 +26,7 @@ from tms.config.inputs import (
     check_batch_sizes,
     check_cache_dir,
     check_lengths,
+    check_lora,
     check_model,
     check_no_secrets,
     check_toy_held_out,
@@ -60,6 +61,7 @@ def validate(cfg: DictConfig) -> None:
     check_model(cfg)
     check_toy_held_out(cfg)
     check_trainer(cfg.trainer)
+    check_lora(cfg)  # after the trainer: LoRA refuses FSDP1
     if cfg.get("logger"):
         check_target(cfg.logger, "logger")
     for name, node in (cfg.get("callbacks") or {}).items():  # the callbacks group: each a Lightning callback node

@@ -61,7 +61,7 @@ VERSIONS = {"base": "1", "gguf": "1", "sft": "1", "student": "1", "harvest": "1"
 VERIFIERS = ("data/tasks/verify.py", "data/tasks/ifeval_checks.py", "data/tasks/ifeval_reference.py",
              "data/tasks/safety_judge.py")
 TRAINING = ("training/loop.py", "training/callbacks.py", "training/optim.py", "training/resume.py",
-            "training/numerics.py", "models/loading.py", "models/strategies.py", "objectives/nll.py",
+            "training/numerics.py", "models/loading.py", "models/lora.py", "models/strategies.py", "objectives/nll.py",
             "objectives/head_logprobs.py", "objectives/policy_gradient.py", "objectives/kl.py", "methods/base.py",
             "methods/sft.py")
 #: ``file:name,name`` hashes only those top-level definitions: MATH's gold answer (which decides which training

@@ -9,6 +9,7 @@ import torch
 
 from tms.core.io import atomic_dir
 from tms.models.loading import load_model
+from tms.models.lora import ADAPTER_DIR, LoraSettings, apply_lora, merged_state_dict, save_adapter
 from tms.models.strategies import full_state_dict
 from tms.objectives.head_logprobs import model_token_logprobs
 from tms.training.numerics import NonFiniteGuard
@@ -27,11 +28,14 @@ class CausalLMModule(L.LightningModule):
         logprob_chunk: positions projected through the LM head at a time when computing token log-probs
             (:mod:`tms.objectives.head_logprobs`: no ``[B, L, V]`` float32 logits); None: the full logits.
         logprob_impl: ``chunked`` or ``liger`` (Liger's fused linear cross-entropy, CUDA) for that path.
+        lora: LoRA adapters (:mod:`tms.models.lora`, ``model.lora``): only they are trained, every export is still a
+            plain merged HF model; None: full fine-tuning.
     """
 
     def __init__(self, model_path: str, optimizer: Callable, scheduler: Callable | None = None,
                  model_kwargs: dict[str, Any] | None = None, gradient_checkpointing: bool = False,
-                 logprob_chunk: int | None = None, logprob_impl: str = "chunked") -> None:
+                 logprob_chunk: int | None = None, logprob_impl: str = "chunked",
+                 lora: LoraSettings | None = None) -> None:
         super().__init__()
         self.model_path = str(model_path)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -39,10 +43,17 @@ class CausalLMModule(L.LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.logprob_chunk = int(logprob_chunk) if logprob_chunk else None
         self.logprob_impl = str(logprob_impl)
+        self.lora = lora
         self.model = None
+        self._peft: list = []  # the PeftModel around self.model (LoRA), kept out of the module tree
+
+    @property
+    def peft_model(self):
+        """The ``peft.PeftModel`` wrapping :attr:`model` when LoRA is on (its adapter switches and export), else None."""
+        return self._peft[0] if self._peft else None
 
     def configure_model(self) -> None:
-        """Load the model lazily (once), so that sharded strategies can wrap it."""
+        """Load the model lazily (once), so that sharded strategies can wrap it; inject the LoRA adapters first."""
         if self.model is not None:
             return
         self.model = load_model(self.model_path, **self.model_kwargs)
@@ -50,6 +61,8 @@ class CausalLMModule(L.LightningModule):
         self.model.train()  # from_pretrained returns the model in eval mode
         if self.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora is not None:  # the HF model itself is trained: its target layers become LoRA layers, the rest frozen
+            self._peft = [apply_lora(self.model, self.lora)]
         # -- sharding hook (tms.models.strategies): FSDP / FSDP2 wrap the decoder layers of the loaded model here --
         shard = getattr(self._trainer.strategy, "shard_module", None) if self._trainer is not None else None
         if shard is not None:
@@ -116,13 +129,19 @@ class CausalLMModule(L.LightningModule):
     def export_hf(self, out_dir: str | Path, tokenizer) -> None:
         """Save the current weights as an HF directory (rank 0 writes; every rank must call it).
 
-        Under a sharding strategy the full state dict is gathered to rank 0 first (collective).
+        Under a sharding strategy the full state dict is gathered to rank 0 first (collective). With LoRA the
+        directory is still a plain HF model: the adapters merged into a copy of the weights
+        (:func:`~tms.models.lora.merged_state_dict`; the training model is not touched), and with
+        ``lora.save_adapters`` the adapter alone in ``<out_dir>/adapter``.
         """
 
         state = full_state_dict(self.trainer.strategy, self.model)  # None unless the parameters are sharded
         if self.trainer.is_global_zero:
             with atomic_dir(out_dir) as tmp:
+                weights = merged_state_dict(self.model, state) if self.lora is not None else state
                 self.model.save_pretrained(str(tmp), safe_serialization=True,
-                                           **({"state_dict": state} if state is not None else {}))
+                                           **({"state_dict": weights} if weights is not None else {}))
                 tokenizer.save_pretrained(str(tmp))
+                if self.lora is not None and self.lora.save_adapters:
+                    save_adapter(self.peft_model, Path(tmp) / ADAPTER_DIR, state)
         self.trainer.strategy.barrier("export_hf")

@@ -58,6 +58,7 @@ from tms.objectives.nll import completion_mask
 from tms.methods.base import CausalLMModule
 from tms.methods.rl_config import RLConfig
 from tms.models.loading import load_model
+from tms.models.lora import LoraSettings, adapters_disabled
 from tms.objectives.policy_gradient import (aggregate, ema_update, grpo_loss, group_advantages, kl_penalty_k3,
                            leave_one_out_advantages, reinforce_advantages)
 
@@ -113,9 +114,10 @@ class RLModule(CausalLMModule):
     def __init__(self, model_path: str, optimizer: Callable, scheduler: Callable | None = None,
                  model_kwargs: dict[str, Any] | None = None, gradient_checkpointing: bool = False, *,
                  reward_fn: Callable, rl: RLConfig, seed: int = 0, logprob_chunk: int | None = None,
-                 logprob_impl: str = "chunked", rollout_samples: int = 0, rollout_every: int = 0) -> None:
+                 logprob_impl: str = "chunked", lora: LoraSettings | None = None, rollout_samples: int = 0,
+                 rollout_every: int = 0) -> None:
         super().__init__(model_path, optimizer, scheduler, model_kwargs, gradient_checkpointing, logprob_chunk,
-                         logprob_impl)
+                         logprob_impl, lora)
         # W&B table "rollouts": the first rollout_samples completions of every rollout_every-th rollout (0: none)
         self.rollout_samples, self.rollout_every = int(rollout_samples), int(rollout_every)
         self._sample_rows: list[list[Any]] = []
@@ -129,8 +131,10 @@ class RLModule(CausalLMModule):
 
     # -- models --------------------------------------------------------------------------------
     def configure_model(self) -> None:
+        """The policy (:meth:`CausalLMModule.configure_model`) and, when the KL needs it, the frozen θ0: a second copy
+        of the model, except under LoRA, where θ0 is the policy with its adapters switched off (:meth:`reference_logprobs`)."""
         super().configure_model()
-        if self.rl.needs_reference and not self._ref:
+        if self.rl.needs_reference and not self._ref and self.lora is None:
             ref = load_model(self.model_path, **self.model_kwargs)
             ref.eval().requires_grad_(False)
             self._ref.append(ref)
@@ -140,6 +144,15 @@ class RLModule(CausalLMModule):
         if next(ref.parameters()).device != self.device:
             ref.to(self.device)
         return ref
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[N, L-1]`` token log-probs of ``batch`` under θ0: the frozen copy, or (LoRA) the policy's own frozen base
+        weights with the adapters disabled, in eval mode like the copy."""
+        if self.lora is None:
+            return self._token_logprobs_of(self._reference(), batch)
+        with adapters_disabled(self.peft_model):
+            return self._token_logprobs_of(self.model, batch)
 
 
     def _micro_batches(self, batch: dict[str, torch.Tensor]) -> Iterator[tuple[slice, int, dict[str, torch.Tensor]]]:
@@ -192,7 +205,7 @@ class RLModule(CausalLMModule):
                           lengths=torch.tensor([c.num_tokens for c in completions], device=self.device),
                           truncated=torch.tensor([c.finish_reason == "length" for c in completions], device=self.device))
         if self.rl.needs_reference:
-            rollout.logp_ref = self._token_logprobs_of(self._reference(), rollout.batch)
+            rollout.logp_ref = self.reference_logprobs(rollout.batch)
         if self.rollout_samples > 0 and self.rollout_every > 0 and len(self.reward_history) % self.rollout_every == 0:
             self._sample_rows = [[len(self.reward_history), examples[i].prompt, c.text, float(rollout.rewards[i]),
                                   float(rollout.advantages[i]), c.num_tokens]

@@ -2,7 +2,8 @@
 
 A stage's key holds exactly the config that determines its outputs (:mod:`tms.core.cache` adds the code identity):
 ``data_key`` (the data block without the target source, so α / p(t) sweeps share Stage 1 and the harvest),
-``train_key`` (the training hyperparameters, the accumulation and world size, precision and strategy), and a
+``train_key`` (the training hyperparameters, the accumulation and world size, precision and strategy, the LoRA
+adapters when ``model.lora`` is set), and a
 :class:`ModelRef`'s ``identity`` (a hub id, a local directory's fingerprint or the stage that built it).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 from tms.core.cache import Stage
 from tms.core.distributed import accumulation, world_size
 from tms.core.keys import plain
+from tms.models.lora import LoraSettings
 
 
 @dataclass
@@ -58,6 +60,11 @@ def logprob_impl(cfg: DictConfig) -> str:
     return str(cfg.model.get("logprob_impl") or "chunked")
 
 
+def lora_settings(cfg: DictConfig) -> LoraSettings | None:
+    """``model.lora``: the LoRA adapters every training stage trains (:mod:`tms.models.lora`); None: full fine-tuning."""
+    return LoraSettings.from_config(cfg.model.get("lora"))
+
+
 def train_key(cfg: DictConfig) -> dict[str, Any]:
     key = {"sft": plain(cfg.sft), "accumulate": accumulation(cfg.sft, cfg.trainer), "world_size": world_size(cfg.trainer),
            "precision": cfg.trainer.precision, "model": model_kwargs(cfg),
@@ -68,6 +75,9 @@ def train_key(cfg: DictConfig) -> dict[str, Any]:
         key["logprob_chunk"] = int(cfg.model.logprob_chunk)
         if logprob_impl(cfg) != "chunked":
             key["logprob_impl"] = logprob_impl(cfg)
+    lora = lora_settings(cfg)
+    if lora is not None:  # LoRA adapters instead of full fine-tuning (absent when off: full fine-tuning keys unchanged)
+        key["lora"] = lora.key()
     strategy = plain(cfg.trainer.get("strategy"))
     if strategy not in (None, "auto"):  # DDP / FSDP / FSDP2 change the numerics (sharding, mixed precision)
         key["strategy"] = strategy

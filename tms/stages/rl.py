@@ -31,7 +31,15 @@ from tms.methods.rl_config import (
     validate_rl,
 )
 from tms.models.loading import load_tokenizer
-from tms.stages.common import ModelRef, data_key, logprob_chunk, logprob_impl, model_kwargs, train_key
+from tms.stages.common import (
+    ModelRef,
+    data_key,
+    logprob_chunk,
+    logprob_impl,
+    lora_settings,
+    model_kwargs,
+    train_key,
+)
 from tms.training.loop import fit
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,7 @@ def run_rl(cfg: DictConfig, base: ModelRef) -> Stage:
                           gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
                           reward_fn=instantiate(rl.reward), rl=config, seed=int(cfg.seed),
                           logprob_chunk=logprob_chunk(cfg), logprob_impl=logprob_impl(cfg),
+                          lora=lora_settings(cfg),
                           rollout_samples=int((cfg.get("log_samples") or {}).get("rollouts", 0)),
                           rollout_every=int((cfg.get("log_samples") or {}).get("rollout_every", 0)))
         info.update(fit(module, dm, tok, out, rl_train_config(cfg, config), cfg.trainer, cfg.get("logger"),

@@ -20,6 +20,7 @@ from tms.stages.common import (
     final_checkpoint,
     logprob_chunk,
     logprob_impl,
+    lora_settings,
     model_kwargs,
     train_key,
 )
@@ -44,7 +45,8 @@ def train_stage(cfg: DictConfig, name: str, key: dict[str, Any], init: ModelRef,
         module = SFTModule(init.path, optimizer=instantiate(cfg.sft.optimizer), scheduler=instantiate(cfg.sft.scheduler),
                            model_kwargs=model_kwargs(cfg),
                            gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
-                           logprob_chunk=logprob_chunk(cfg), logprob_impl=logprob_impl(cfg))
+                           logprob_chunk=logprob_chunk(cfg), logprob_impl=logprob_impl(cfg),
+                           lora=lora_settings(cfg))
         info.update(fit(module, dm, tok, out, cfg.sft, cfg.trainer, cfg.get("logger"), seed=int(cfg.seed),
                         num_checkpoints=num_checkpoints, name=name, callbacks=cfg.get("callbacks"),
                         **({"grid": grid} if grid else {})))
