@@ -24,7 +24,7 @@ def setup(cfg: DictConfig, out: Path | None = None) -> Path:
 
     ``out``: the run directory (default: Hydra's output directory). In a multi-process job only rank 0 writes.
     """
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets", "lm_eval"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg.cache_dir = os.path.expanduser(str(cfg.cache_dir))

@@ -175,7 +175,10 @@ def check_toy_held_out(cfg: DictConfig) -> None:
     build = cfg.model.build
     held, seed = {str(k): int(v) for k, v in (build.get("held_out") or {}).items()}, int(build.seed)
     nodes = [("data.task", cfg.data.task, ("n_test", "n_val", "n_train"))]
-    nodes += [(f"eval.benchmarks.{k}", v, ("n_test",)) for k, v in (cfg.eval.get("benchmarks") or {}).items()]
+    for k, v in (cfg.eval.get("benchmarks") or {}).items():  # an lm_eval benchmark's toy task is its export node
+        exported = v.get("export") if hasattr(v, "get") else None
+        nodes.append((f"eval.benchmarks.{k}.export" if exported is not None else f"eval.benchmarks.{k}",
+                      exported if exported is not None else v, ("n_test",)))
     pretrained = set(build.get("skills") or {}) | set(build.get("native") or {})
     for key, node, parts in nodes:
         if not str(node.get("_target_", "")).endswith("ToyTask") or int(node.get("seed", 0)) != seed:

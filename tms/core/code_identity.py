@@ -36,6 +36,11 @@ How the lists were chosen (read the stage's ``fill`` in :mod:`tms.stages` and wh
   buffer written straight into a run directory by ``evaluate.py buffer_of=``, not a cached stage; it
   imports ``suite.py``, never the other way round).
 * ``gguf`` = the converter and model loading (its config key also holds ``CONVERTER_VERSION``).
+* ``lm_eval`` (``eval.harness=lm_eval``) = the lm-evaluation-harness adapter (``evaluation/lm_eval.py``) and the
+  exporter of tms tasks as local lm-eval tasks (``evaluation/lm_eval_tasks.py``, whose ``process_results`` grades
+  with the task's verifier) + the generation modules it reads vLLM's dtypes and the job's variables from + DATA (the exported prompts; with
+  ``objectives/nll.py``, which ``data/formatting.py`` imports) and
+  VERIFIERS. lm-eval itself is not hashed: its version is in the stage's config key.
 
 Orchestration is not hashed (:data:`NOT_HASHED`): ``pipeline.py`` and the stages (keys, wiring; the RL stage is,
 as before the move, hashed with RL), the cache, ``core/io.py`` (atomic writes), ``core/distributed.py``, ``cli/``,
@@ -56,7 +61,7 @@ from typing import Iterable
 PACKAGE = Path(__file__).resolve().parents[1]
 
 #: per stage kind: bump by hand when a stage's outputs change for a reason the hashed files do not show
-VERSIONS = {"base": "1", "gguf": "1", "sft": "1", "student": "1", "harvest": "1", "rl": "1", "eval": "1"}
+VERSIONS = {"base": "1", "gguf": "1", "sft": "1", "student": "1", "harvest": "1", "rl": "1", "eval": "1", "lm_eval": "1"}
 
 VERIFIERS = ("data/tasks/verify.py", "data/tasks/ifeval_checks.py", "data/tasks/ifeval_reference.py",
              "data/tasks/safety_judge.py")
@@ -87,6 +92,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     "eval": ("evaluation/__init__.py", "evaluation/suite.py", "evaluation/metrics.py", "objectives/kl.py") + GENERATION
             + DATA + VERIFIERS,
     "gguf": ("models/gguf.py", "models/loading.py", "data/formatting.py", "objectives/nll.py"),
+    "lm_eval": ("evaluation/__init__.py", "evaluation/lm_eval.py", "evaluation/lm_eval_tasks.py", "generation/vllm.py",
+                "generation/base.py", "generation/isolated.py", "core/seeds.py", "objectives/nll.py") + DATA
+               + VERIFIERS,
 }
 #: imported by hashed files but not hashed on purpose: orchestration, IO wrappers, config checks (see above)
 NOT_HASHED = ("core/io.py", "core/errors.py", "core/redact.py", "core/tracking.py", "core/checks.py", "core/keys.py",

@@ -1,11 +1,14 @@
 """The evaluation stage: one model on the suite against θ0 (cached per model and suite), and SFT's checkpoint curve.
 
-``run_eval`` is the cached ``eval`` stage (:func:`tms.evaluation.suite.evaluate_model` writes its ``results.json``);
+``run_eval`` is the cached ``eval`` stage (:func:`tms.evaluation.suite.evaluate_model` writes its ``results.json``),
+or with ``eval.harness=lm_eval`` the cached ``lm_eval`` stage (:func:`run_lm_eval`: lm-evaluation-harness writes the
+same ``scores`` / ``target`` / ``samples``);
 ``summarize`` adds the Δ metrics against θ0 (:func:`tms.evaluation.suite.relative_metrics`); ``model_ref`` gives a
 model named by path the identity the pipeline gives it, so ``python evaluate.py`` shares the pipeline's stages.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -14,9 +17,10 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tms.config.eval import eval_backend, suite_names
+from tms.config.eval import eval_backend, evaluated, harness, suite_names
 from tms.core.io import read_json, write_json
 from tms.core.keys import plain, stage
+from tms.evaluation.lm_eval import evaluate_lm_eval, include_paths, installed_version, model_args
 from tms.evaluation.suite import evaluate_model, relative_metrics
 from tms.generation.factory import make_generator
 from tms.stages.common import ModelRef, data_key, local_fingerprint, logprob_chunk, model_kwargs
@@ -30,7 +34,8 @@ def eval_tasks(cfg: DictConfig) -> dict[str, Any]:
 
 def run_eval(cfg: DictConfig, model: ModelRef, base: ModelRef) -> dict[str, Any]:
     """Absolute evaluation of one model (a cached stage; θ0's is computed once per suite)."""
-
+    if harness(cfg) == "lm_eval":
+        return run_lm_eval(cfg, model)
     suite = plain(cfg.eval)
     suite.pop("benchmarks", None)
     backend = eval_backend(cfg)
@@ -58,8 +63,69 @@ def run_eval(cfg: DictConfig, model: ModelRef, base: ModelRef) -> dict[str, Any]
     return read_json(done.dir / "results.json")
 
 
+#: the eval settings an lm_eval run reads (the stage key holds them; the rest of eval names roles and benchmarks)
+LM_EVAL_SETTINGS = ("num_fewshot", "batch_size", "limit", "gen_kwargs", "apply_chat_template", "fewshot_as_multiturn",
+                    "system_instruction", "bootstrap_iters", "include_defaults", "split", "max_new_tokens", "device")
+
+
+def lm_eval_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The settings of :func:`tms.evaluation.lm_eval.evaluate_lm_eval` from ``cfg.eval`` (model type = the backend)."""
+    e = plain(cfg.eval)
+    out = {k: e.get(k) for k in LM_EVAL_SETTINGS}
+    out.update(model=eval_backend(cfg), model_args=e.get("model_args") or {},
+               include_path=include_paths(e.get("include_path")))
+    return out
+
+
+def lm_eval_isolated(cfg: DictConfig) -> bool:
+    """``eval.isolated``: lm-eval in a child process; null: for the vllm model type (not in the key: same numbers)."""
+    value = cfg.eval.get("isolated")
+    return eval_backend(cfg) == "vllm" if value is None else bool(value)
+
+
+def files_digest(dirs: list[str]) -> dict[str, str]:
+    """``{path: sha256}`` of the task files (YAML, Python, data) under ``dirs``: a user's lm-eval tasks in a stage key."""
+    out = {}
+    for d in dirs:
+        for f in sorted(Path(d).rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts:
+                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+    return out
+
+
+def run_lm_eval(cfg: DictConfig, model: ModelRef) -> dict[str, Any]:
+    """The absolute lm-eval scores of one model: the cached ``lm_eval`` stage (rank 0 runs it).
+
+    Key: the model's identity, the evaluated benchmarks' specs (lm-eval task and metric, or the exported tms task),
+    the settings (:func:`lm_eval_settings`), lm-eval's model arguments, the seed, the lm-eval version and the files of
+    ``eval.include_path``. No θ0 in it: lm-eval's numbers are absolute, so θ0's row is shared by every model.
+    """
+    names = suite_names(cfg)
+    benchmarks = {b: plain(cfg.eval.benchmarks[b]) for b in evaluated(cfg)}
+    settings = lm_eval_settings(cfg)
+    vllm = {k: cfg.harvest.get(k) for k in ("tensor_parallel_size", "gpu_memory_utilization")}
+    args = model_args(settings["model"], "", model_kwargs(cfg), int(cfg.seed), settings["model_args"], None, vllm)
+    keep = int((cfg.get("log_samples") or {}).get("eval", 3))
+    key = {"model": model.identity, "lm_eval": installed_version(), "benchmarks": benchmarks, "settings": settings,
+           "model_args": {k: v for k, v in args.items() if k not in ("pretrained", "device")}, "seed": int(cfg.seed),
+           "keep_samples": keep}
+    if settings["include_path"]:
+        key["include_files"] = files_digest(settings["include_path"])
+
+    def fill(out: Path, info: dict) -> None:  # rank 0 alone in a multi-process job
+        res = evaluate_lm_eval(model.path, benchmarks, settings, model_kwargs(cfg), int(cfg.seed),
+                               target=names["target"], keep_samples=keep, vllm=vllm, raw_out=out / "lm_eval.json",
+                               isolated=lm_eval_isolated(cfg))
+        write_json(out / "results.json", res)
+        info["target"] = res["target"]
+
+    done = stage(cfg, "lm_eval", key).ensure(fill, seed=int(cfg.seed), ranks="zero")
+    return read_json(done.dir / "results.json")
+
+
 def summarize(name: str, res: dict[str, Any], base_res: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
-    suite = plain(cfg.eval)
+    """A model's row: its absolute results and the Δ against θ0's (roles as :func:`suite_names` gives them)."""
+    suite = {**plain(cfg.eval), **suite_names(cfg)}
     return {"method": name, **res, **relative_metrics(res, base_res, suite)}
 
 
@@ -131,7 +197,7 @@ def checkpoint_curve(cfg: DictConfig, ckpt_dir: str | Path, base: ModelRef) -> d
             "t": t, "step": int(entry.get("step", 0)), "model": ref.path, "target": row["target"],
             "scores": row["scores"], "retention": ret,
             "retention_mean": sum(ret.values()) / len(ret) if ret else None,
-            "forgetting": row["forgetting"], "xfer": row["xfer"], "kl_to_base": row["kl_to_base"],
+            "forgetting": row["forgetting"], "xfer": row["xfer"], "kl_to_base": row.get("kl_to_base"),
             "kl_from_base": row.get("kl_from_base"),
             "pld": row.get("pld"), "pld_train": {k: entry[k] for k in ("pld", "nll_token") if k in entry} or None,
         })
