@@ -431,3 +431,36 @@ def test_lm_eval_needs_punkt_tab_and_never_downloads_it(monkeypatch):
     monkeypatch.setattr(nltk, "download", lambda *a, **k: pytest.fail("tms asked nltk to download data"))
     assert "punkt_tab" in ifeval_reference.lm_eval_unavailable()
     assert IFEvalTask().checker == "offline"
+
+
+def test_the_eval_stage_key_records_who_graded_ifeval(smoke_cache, monkeypatch):
+    """A score graded by the offline checks without langdetect is not reused where langdetect is installed."""
+    from tests.conftest import compose
+    from tms.stages import evaluation as ev
+
+    class Keyed(Exception):
+        pass
+
+    keys = []
+
+    def stage(cfg, kind, key):
+        keys.append(key)
+        raise Keyed
+
+    monkeypatch.setattr(ev, "stage", stage)
+    cfg = compose(["experiment=smoke", f"cache_dir={smoke_cache}", "+eval.benchmarks.ifeval={_target_: "
+                   "tms.data.tasks.ifeval.IFEvalTask, checker: offline}"])
+    from tms.stages.common import ModelRef
+
+    ref = ModelRef("/nowhere", {"x": 1})
+    for available in (True, False):
+        monkeypatch.setattr(ifeval_checks, "seeded_langdetect", lambda a=available: object() if a else None)
+        monkeypatch.setattr("tms.data.tasks.ifeval.seeded_langdetect", ifeval_checks.seeded_langdetect)
+        with pytest.raises(Keyed):
+            ev.run_eval(cfg, ref, ref)
+    assert keys[0]["graders"] == {"ifeval": {"checker": "offline", "langdetect": True}}
+    assert keys[1]["graders"] == {"ifeval": {"checker": "offline", "langdetect": False}}
+    toy = compose(["experiment=smoke", f"cache_dir={smoke_cache}"])
+    with pytest.raises(Keyed):
+        ev.run_eval(toy, ref, ref)
+    assert "graders" not in keys[2]  # no IFEval: the keys every cached toy evaluation has

@@ -45,6 +45,10 @@ def run_eval(cfg: DictConfig, model: ModelRef, base: ModelRef) -> dict[str, Any]
            "seed": int(cfg.seed)}
     if backend != "hf":  # another engine samples the greedy and Pass@k completions (hf keeps the keys it always had)
         key["backend"] = backend
+    graders = {name: task.grader_identity() for name, task in eval_tasks(cfg).items()
+               if hasattr(task, "grader_identity")}  # e.g. IFEval: the checker auto picked here, langdetect or not
+    if graders:
+        key["graders"] = graders
     keep = int((cfg.get("log_samples") or {}).get("eval", 3))
     if keep != 3:  # results.json keeps another number of sampled completions
         key["keep_samples"] = keep

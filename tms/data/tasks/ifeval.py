@@ -27,7 +27,7 @@ from typing import Any
 
 from tms.data.tasks import ifeval_reference
 from tms.data.tasks.base import BenchmarkTask, Example
-from tms.data.tasks.ifeval_checks import check_instructions
+from tms.data.tasks.ifeval_checks import check_instructions, seeded_langdetect
 from tms.data.tasks.loading import apply_teacher_completions
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,11 @@ class IFEvalTask(BenchmarkTask):
             }
             out.append(Example(str(row["key"]), row["prompt"], "", answer, {}))
         return out
+
+    def grader_identity(self) -> dict[str, Any]:
+        """What decides this task's verdicts on this machine, beyond the code: the resolved checker and whether
+        langdetect is installed (the eval stage key records it, so a cached score is not reused under another)."""
+        return {"checker": self.checker, "langdetect": seeded_langdetect() is not None}
 
     def instruction_results(self, completion: str, answer: dict, loose: bool = False) -> list[bool]:
         """Whether each instruction of ``answer`` is followed (strict, or loose if ``loose``), by ``self.checker``."""
