@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose
+from tests.conftest import REPO, compose
 from tms.data.datamodule import EpochSampler
 from tms.core.errors import ConfigError
 
@@ -62,3 +65,12 @@ def _grpo_rl_block() -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(compose(["method=grpo"]).rl, resolve=True)
+
+
+def train_smoke(cache: Path, run_dir: Path, *overrides: str) -> Path:
+    """``python train.py experiment=smoke ...`` in a subprocess (one thread per process); returns the run directory."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [sys.executable, "train.py", "experiment=smoke", f"cache_dir={cache}", f"hydra.run.dir={run_dir}", *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run_dir

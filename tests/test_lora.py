@@ -7,9 +7,6 @@ any compute, naming the key. Runs in-process except the 2-process DDP run (a sub
 """
 import functools
 import importlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,8 +14,8 @@ import lightning as L
 import pytest
 import torch
 
-from tests.conftest import REPO, compose
-from tests.helpers import invalid, rl_config
+from tests.conftest import compose
+from tests.helpers import invalid, rl_config, train_smoke
 from tms.core.errors import ConfigError
 from tms.core.io import read_json
 
@@ -344,14 +341,6 @@ def test_lora_sft_killed_mid_training_resumes_to_the_same_model(smoke_base, tmp_
 
 # ---------------------------------------------------------------- 2 processes (DDP over gloo)
 
-def train_subprocess(cache: Path, run_dir: Path, *overrides: str) -> Path:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "train.py", "experiment=smoke", f"cache_dir={cache}", f"hydra.run.dir={run_dir}", *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return run_dir
-
-
 @needs_peft
 @pytest.mark.parametrize("trainer", ["ddp_cpu", "fsdp2_cpu"])
 def test_lora_sft_on_two_processes_matches_one(smoke_cache, tmp_path, trainer):
@@ -363,7 +352,7 @@ def test_lora_sft_on_two_processes_matches_one(smoke_cache, tmp_path, trainer):
     from tms.models.loading import load_model, load_tokenizer
 
     run_pipeline(smoke_cache, tmp_path / "one", "method=sft", *LORA)
-    two = train_subprocess(smoke_cache, tmp_path / "two", "method=sft", f"trainer={trainer}", "model.batch_size=8",
+    two = train_smoke(smoke_cache, tmp_path / "two", "method=sft", f"trainer={trainer}", "model.batch_size=8",
                            *LORA, "+model.lora.save_adapters=true")
     plds = {}
     for name, run_dir in (("one", tmp_path / "one"), ("two", two)):

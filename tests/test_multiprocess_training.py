@@ -10,13 +10,11 @@ run (Adam turns those tiny gradient differences into O(lr) updates of near-zero-
 and FSDP2 (which shard the same gradients) agree to 1e-6.
 Each run starts 2 processes: about 12-15 s per test on 2 idle cores.
 """
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import train_smoke
 from tms.core.io import read_json
 
 # ~15 s per test on 2 cores: part of the default suite (the issue asks for slow only over a minute)
@@ -24,13 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 RTOL = 1e-4
 
 
-def train(cache: Path, run_dir: Path, *overrides: str) -> Path:
-    """``python train.py experiment=smoke ...`` in a subprocess; returns the run directory."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "train.py", "experiment=smoke", f"cache_dir={cache}", f"hydra.run.dir={run_dir}", *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return run_dir
+train = train_smoke  # python train.py experiment=smoke ... in a subprocess
 
 
 @pytest.fixture(scope="module")
