@@ -77,28 +77,26 @@ def hidden_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     rows = hidden[:, :-1][mask]                     # [N, H]: only the positions that predict a labelled token
     targets = labels[:, 1:][mask]
     out_dtype = torch.float64 if weight.dtype == torch.float64 or hidden.dtype == torch.float64 else torch.float32
-    pieces, ents = [], []
-    if impl == "liger" and rows.shape[0] > 0:
-        pieces.append(liger_logp(rows, weight, bias, targets, temperature))
-    for start in range(0, rows.shape[0], chunk):
-        h, t = rows[start:start + chunk], targets[start:start + chunk]
-        if impl == "liger":
-            pass
-        elif torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            pieces.append(checkpoint(_chunk_logp, h, weight, bias, t, temperature, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logp(h, weight, bias, t, temperature))
-        if entropy:
-            ents.append(_chunk_entropy(h, weight, bias, temperature))
-    if not pieces:  # no labelled token: zeros that still hang on the graph (a loss of 0 with a zero gradient)
-        pieces.append(F.linear(rows, weight[:1]).sum(dim=-1))
-    flat = torch.cat(pieces).to(out_dtype)
-    logp = torch.zeros(mask.shape, dtype=out_dtype, device=hidden.device).masked_scatter(mask, flat)
+
+    def spread(flat: torch.Tensor) -> torch.Tensor:  # [N] values back to [B, L-1], 0 off the mask
+        return torch.zeros(mask.shape, dtype=out_dtype, device=hidden.device).masked_scatter(mask, flat.to(out_dtype))
+
+    spans = [slice(start, start + chunk) for start in range(0, rows.shape[0], chunk)]
+    recompute = torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad)
+    if not spans:  # no labelled token: zeros that still hang on the graph (a loss of 0 with a zero gradient)
+        flat = F.linear(rows, weight[:1]).sum(dim=-1)
+    elif impl == "liger":
+        flat = liger_logp(rows, weight, bias, targets, temperature)
+    elif recompute:
+        flat = torch.cat([checkpoint(_chunk_logp, rows[s], weight, bias, targets[s], temperature, use_reentrant=False)
+                          for s in spans])
+    else:
+        flat = torch.cat([_chunk_logp(rows[s], weight, bias, targets[s], temperature) for s in spans])
     ent = None
     if entropy:
-        flat_ent = torch.cat(ents).to(out_dtype) if ents else rows.new_zeros(0, dtype=out_dtype)
-        ent = torch.zeros(mask.shape, dtype=out_dtype, device=hidden.device).masked_scatter(mask, flat_ent)
-    return logp, mask, ent
+        ents = [_chunk_entropy(rows[s], weight, bias, temperature) for s in spans]
+        ent = spread(torch.cat(ents) if ents else rows.new_zeros(0))
+    return spread(flat), mask, ent
 
 
 def supports_head_logprobs(model) -> bool:
