@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, ListConfig
 
-from tms.config.generation import check_sampling
+from tms.config.generation import check_sampling, check_vllm_dtype
 from tms.config.hardware import resolve_backend
 from tms.core.checks import build, integer, known_keys, require
 from tms.core.errors import ConfigError
@@ -19,7 +19,6 @@ from tms.data.tasks.base import SPLITS, Task
 from tms.evaluation.lm_eval import INSTALL_HINT, include_paths, installed_version, missing_packages, unknown_tasks
 from tms.evaluation.lm_eval_tasks import SCORE_METRIC
 from tms.generation.factory import BACKENDS, check_backend
-from tms.generation.vllm import vllm_dtype
 from tms.objectives.kl import ESTIMATORS
 
 
@@ -94,11 +93,8 @@ def check_suite(cfg: DictConfig) -> None:
     require(backend in BACKENDS, "eval.backend", f"must be null (the harvest's backend) or one of {BACKENDS}, "
             f"got {backend!r}")
     if backend == "vllm":
-        try:
-            vllm_dtype(cfg.model.get("dtype", "auto"))
-        except ValueError as err:
-            where = "eval.backend" if e.get("backend") is not None else "harvest.backend (eval.backend: null follows it)"
-            raise ConfigError(f"{where}: {err}") from err
+        check_vllm_dtype(cfg, "eval.backend" if e.get("backend") is not None
+                         else "harvest.backend (eval.backend: null follows it)")
     s = e.sampling
     check_sampling(s, "eval.sampling", "n", backend=backend, max_new_tokens=False, backend_key="eval.backend")
     if backend == "vllm":
@@ -168,10 +164,7 @@ def check_lm_eval_install(cfg: DictConfig) -> None:
             "'tms[vllm]' (or eval.backend=hf)")
     require(not missing, "eval.harness", f"lm_eval needs {missing}, not installed: {INSTALL_HINT}")
     if backend == "vllm":
-        try:
-            vllm_dtype(cfg.model.get("dtype", "auto"))
-        except ValueError as err:
-            raise ConfigError(f"eval.backend: {err}") from err
+        check_vllm_dtype(cfg, "eval.backend")
         check_backend("vllm")
 
 

@@ -33,6 +33,15 @@ def check_sampling(node: DictConfig, prefix: str, n_key: str, backend: str = "hf
                     prefix, prefix, n_key, n, n)
 
 
+def check_vllm_dtype(cfg: DictConfig, key: str) -> None:
+    """``model.dtype`` is one vLLM can run (:func:`~tms.generation.vllm.vllm_dtype`); the error names ``key``, the
+    setting that chose vLLM."""
+    try:
+        vllm_dtype(cfg.model.get("dtype", "auto"))
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from err
+
+
 def check_harvest(cfg: DictConfig, T: int) -> None:
     """The ``harvest`` block when the run (or ``python harvest.py``) generates from the train prompts."""
     h = cfg.harvest
@@ -42,10 +51,7 @@ def check_harvest(cfg: DictConfig, T: int) -> None:
     integer("harvest.batch_size", h.get("batch_size"))
     integer("harvest.prompt_subset", h.get("prompt_subset"), optional=True)
     if h.backend == "vllm":
-        try:
-            vllm_dtype(cfg.model.get("dtype", "auto"))
-        except ValueError as err:
-            raise ConfigError(f"harvest.backend: {err}") from err
+        check_vllm_dtype(cfg, "harvest.backend")
         integer("harvest.tensor_parallel_size", h.get("tensor_parallel_size", 1))
         number("harvest.gpu_memory_utilization", h.get("gpu_memory_utilization", 0.85), 0, 1, open_low=True)
     ts = h.get("checkpoints")
