@@ -22,7 +22,6 @@ import importlib.metadata
 import importlib.util
 import logging
 import multiprocessing as mp
-import os
 import tempfile
 import traceback
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from tms.core.io import write_json
 from tms.evaluation.lm_eval_tasks import SCORE_METRIC, export_tasks
-from tms.generation.isolated import JOB_ENV
+from tms.generation.isolated import without_job_env
 from tms.generation.vllm import vllm_dtype
 
 log = logging.getLogger(__name__)
@@ -281,12 +280,9 @@ def in_child(fn, *args: Any) -> Any:
     RuntimeError with the child's traceback (``fn`` and its arguments and result must pickle)."""
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    saved = {k: os.environ.pop(k) for k in JOB_ENV if k in os.environ}
-    try:
+    with without_job_env():
         proc = ctx.Process(target=_child, args=(send, fn, args))  # not a daemon: vLLM starts processes of its own
         proc.start()
-    finally:
-        os.environ.update(saved)
     send.close()
     try:
         status, payload = receive.recv()

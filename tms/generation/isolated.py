@@ -16,15 +16,16 @@ import os
 import traceback
 from typing import Any, Callable, Iterator, Sequence
 
+from tms.core.distributed import DIST_ENV
 from tms.generation.base import Completion, SamplingParams
 
 # the variables of a torch.distributed / Lightning job: a child engine must not join (or be mistaken for) a rank
-JOB_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK",
-           "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "PL_GLOBAL_SEED", "PL_TRAINER_GPUS")
+JOB_ENV = DIST_ENV + ("TORCHELASTIC_RUN_ID", "PL_GLOBAL_SEED", "PL_TRAINER_GPUS")
 
 
 @contextlib.contextmanager
-def _without_job_env() -> Iterator[None]:
+def without_job_env() -> Iterator[None]:
+    """Hide :data:`JOB_ENV` while the block starts a child process (restored after)."""
     saved = {k: os.environ.pop(k) for k in JOB_ENV if k in os.environ}
     try:
         yield
@@ -64,7 +65,7 @@ class IsolatedGenerator:
     def __init__(self, factory: Callable[..., Any], *args: Any, tokenizer: Any = None, **kwargs: Any) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        with _without_job_env():
+        with without_job_env():
             self._proc = ctx.Process(target=_serve, args=(child, factory, args, kwargs), daemon=False)
             self._proc.start()
         child.close()
