@@ -28,6 +28,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from tms.core.redact import redact
 
+#: how many completions each W&B table shows when ``log_samples`` (conf/train.yaml) does not say
+LOG_SAMPLES = {"eval": 3, "harvest": 16, "rollouts": 0, "rollout_every": 0}
+
+
+def log_samples(cfg: DictConfig, key: str) -> int:
+    """``log_samples.<key>`` of the run (``eval``, ``harvest``, ``rollouts``, ``rollout_every``), else its default."""
+    return int((cfg.get("log_samples") or {}).get(key, LOG_SAMPLES[key]))
+
 _STATE: dict[str, Any] = {}
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from tms.core.io import read_json
+from tms.core.tracking import log_samples
 from tms.data.buffer import read_buffer
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,12 @@ def harvest_rows(run_dir: str | Path, per_t: int) -> list[list[Any]]:
     pipe = Path(run_dir) / "pipeline.json"
     if per_t <= 0 or not pipe.is_file():
         return []
+    stages = {int(label.split("=")[-1]): stage_dir  # "t=3" -> 3
+              for label, stage_dir in ((read_json(pipe).get("stages") or {}).get("harvest") or {}).items()}
     rows = []
-    for label, stage_dir in sorted((read_json(pipe).get("stages") or {}).get("harvest", {}).items(),
-                                   key=lambda kv: int(kv[0].split("=")[-1])):
+    for t, stage_dir in sorted(stages.items()):
         table = read_buffer(Path(run_dir) / stage_dir).slice(0, per_t).to_pylist()
-        rows += [[int(label.split("=")[-1]), r["step"], r["prompt"], r["completion"], r["score"], r["num_tokens"]]
-                 for r in table]
+        rows += [[t, r["step"], r["prompt"], r["completion"], r["score"], r["num_tokens"]] for r in table]
     return rows
 
 
@@ -119,7 +120,7 @@ def log_results(cfg: DictConfig, results: Mapping[str, Any], run_dir: str | Path
     rows = sample_rows(results)
     if rows:
         run.log({"samples": wandb.Table(columns=["model", "benchmark", "prompt", "completion", "score"], data=rows)})
-    harvested = harvest_rows(run_dir, int((cfg.get("log_samples") or {}).get("harvest", 16)))
+    harvested = harvest_rows(run_dir, log_samples(cfg, "harvest"))
     if harvested:
         run.log({"harvest_samples": wandb.Table(columns=HARVEST_COLUMNS, data=harvested)})
     run.summary.update(summary)

@@ -65,14 +65,22 @@ def lora_settings(cfg: DictConfig) -> LoraSettings | None:
     return LoraSettings.from_config(cfg.model.get("lora"))
 
 
+def module_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """What every training module (:class:`~tms.methods.base.CausalLMModule`) takes from ``model``: the load
+    arguments, gradient checkpointing, the memory-bounded log-probs and the LoRA adapters."""
+    return {"model_kwargs": model_kwargs(cfg),
+            "gradient_checkpointing": bool(cfg.model.get("gradient_checkpointing", False)),
+            "logprob_chunk": logprob_chunk(cfg), "logprob_impl": logprob_impl(cfg), "lora": lora_settings(cfg)}
+
+
 def train_key(cfg: DictConfig) -> dict[str, Any]:
     key = {"sft": plain(cfg.sft), "accumulate": accumulation(cfg.sft, cfg.trainer), "world_size": world_size(cfg.trainer),
            "precision": cfg.trainer.precision, "model": model_kwargs(cfg),
            "gradient_checkpointing": bool(cfg.model.get("gradient_checkpointing", False))}
     if cfg.get("callbacks"):  # the user's callbacks group may change training (e.g. early stopping)
         key["callbacks"] = plain(cfg.callbacks)
-    if cfg.model.get("logprob_chunk"):  # memory-bounded log-probs: the same loss, other float rounding
-        key["logprob_chunk"] = int(cfg.model.logprob_chunk)
+    if logprob_chunk(cfg):  # memory-bounded log-probs: the same loss, other float rounding
+        key["logprob_chunk"] = logprob_chunk(cfg)
         if logprob_impl(cfg) != "chunked":
             key["logprob_impl"] = logprob_impl(cfg)
     lora = lora_settings(cfg)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from tms.config.eval import eval_backend, evaluated, harness, suite_names
 from tms.core.io import read_json, write_json
 from tms.core.keys import plain, stage
+from tms.core.tracking import LOG_SAMPLES, log_samples
 from tms.evaluation.lm_eval import evaluate_lm_eval, include_paths, installed_version, model_args
 from tms.evaluation.suite import evaluate_model, relative_metrics
 from tms.generation.factory import make_generator
@@ -36,30 +37,28 @@ def run_eval(cfg: DictConfig, model: ModelRef, base: ModelRef) -> dict[str, Any]
     """Absolute evaluation of one model (a cached stage; θ0's is computed once per suite)."""
     if harness(cfg) == "lm_eval":
         return run_lm_eval(cfg, model)
-    suite = plain(cfg.eval)
-    suite.pop("benchmarks", None)
-    backend = eval_backend(cfg)
-    suite_key = plain(cfg.eval)
-    suite_key.pop("backend", None)
-    key = {"model": model.identity, "base": base.identity, "suite": suite_key, "pld_data": data_key(cfg),
-           "seed": int(cfg.seed)}
+    e = plain(cfg.eval)
+    suite = {k: v for k, v in e.items() if k != "benchmarks"}  # what evaluate_model reads
+    backend, tasks, chunk, keep = eval_backend(cfg), eval_tasks(cfg), logprob_chunk(cfg), log_samples(cfg, "eval")
+    key = {"model": model.identity, "base": base.identity, "suite": {k: v for k, v in e.items() if k != "backend"},
+           "pld_data": data_key(cfg), "seed": int(cfg.seed)}
     if backend != "hf":  # another engine samples the greedy and Pass@k completions (hf keeps the keys it always had)
         key["backend"] = backend
-    graders = {name: task.grader_identity() for name, task in eval_tasks(cfg).items()
+    graders = {name: task.grader_identity() for name, task in tasks.items()
                if hasattr(task, "grader_identity")}  # e.g. IFEval: the checker auto picked here, langdetect or not
     if graders:
         key["graders"] = graders
-    keep = int((cfg.get("log_samples") or {}).get("eval", 3))
-    if keep != 3:  # results.json keeps another number of sampled completions
+    if keep != LOG_SAMPLES["eval"]:  # results.json keeps another number of sampled completions
         key["keep_samples"] = keep
-    if logprob_chunk(cfg):
-        key["logprob_chunk"] = logprob_chunk(cfg)
+    if chunk:
+        key["logprob_chunk"] = chunk
+
     def fill(out: Path, info: dict) -> None:  # rank 0 alone in a multi-process job
-        res = evaluate_model(model.path, suite, eval_tasks(cfg), base.path, instantiate(cfg.data.task),
-                             model_kwargs(cfg), int(cfg.seed), logprob_chunk=logprob_chunk(cfg),
-                             engine=None if backend == "hf" else lambda: make_generator(
-                                 backend, model.path, {**plain(cfg.harvest), "batch_size": cfg.eval.get("batch_size", 64)},
-                                 cfg.model, int(cfg.seed)), keep_samples=keep)
+        engine = None if backend == "hf" else lambda: make_generator(
+            backend, model.path, {**plain(cfg.harvest), "batch_size": cfg.eval.get("batch_size", 64)}, cfg.model,
+            int(cfg.seed))
+        res = evaluate_model(model.path, suite, tasks, base.path, instantiate(cfg.data.task), model_kwargs(cfg),
+                             int(cfg.seed), logprob_chunk=chunk, engine=engine, keep_samples=keep)
         write_json(out / "results.json", res)
         info["target"] = res["target"]
 
@@ -109,7 +108,7 @@ def run_lm_eval(cfg: DictConfig, model: ModelRef) -> dict[str, Any]:
     settings = lm_eval_settings(cfg)
     vllm = {k: cfg.harvest.get(k) for k in ("tensor_parallel_size", "gpu_memory_utilization")}
     args = model_args(settings["model"], "", model_kwargs(cfg), int(cfg.seed), settings["model_args"], None, vllm)
-    keep = int((cfg.get("log_samples") or {}).get("eval", 3))
+    keep = log_samples(cfg, "eval")
     key = {"model": model.identity, "lm_eval": installed_version(), "benchmarks": benchmarks, "settings": settings,
            "model_args": {k: v for k, v in args.items() if k not in ("pretrained", "device")}, "seed": int(cfg.seed),
            "keep_samples": keep}

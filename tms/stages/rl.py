@@ -31,15 +31,8 @@ from tms.methods.rl_config import (
     validate_rl,
 )
 from tms.models.loading import load_tokenizer
-from tms.stages.common import (
-    ModelRef,
-    data_key,
-    logprob_chunk,
-    logprob_impl,
-    lora_settings,
-    model_kwargs,
-    train_key,
-)
+from tms.core.tracking import log_samples
+from tms.stages.common import ModelRef, data_key, module_kwargs, train_key
 from tms.training.loop import fit
 
 log = logging.getLogger(__name__)
@@ -76,13 +69,9 @@ def run_rl(cfg: DictConfig, base: ModelRef) -> Stage:
                                  val_limit=cfg.data.get("val_limit"), mode="prompts",
                                  batch_repeats=config.num_iterations).connect(tok)
         module = RLModule(base.path, optimizer=instantiate(cfg.sft.optimizer, lr=rl_learning_rate(cfg)),
-                          scheduler=instantiate(cfg.sft.scheduler), model_kwargs=model_kwargs(cfg),
-                          gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
+                          scheduler=instantiate(cfg.sft.scheduler), **module_kwargs(cfg),
                           reward_fn=instantiate(rl.reward), rl=config, seed=int(cfg.seed),
-                          logprob_chunk=logprob_chunk(cfg), logprob_impl=logprob_impl(cfg),
-                          lora=lora_settings(cfg),
-                          rollout_samples=int((cfg.get("log_samples") or {}).get("rollouts", 0)),
-                          rollout_every=int((cfg.get("log_samples") or {}).get("rollout_every", 0)))
+                          rollout_samples=log_samples(cfg, "rollouts"), rollout_every=log_samples(cfg, "rollout_every"))
         info.update(fit(module, dm, tok, out, rl_train_config(cfg, config), cfg.trainer, cfg.get("logger"),
                         seed=int(cfg.seed), num_checkpoints=int(rl.num_checkpoints), name="rl", callbacks=cfg.get("callbacks")))
         info["train_examples"] = len(dm.train_examples)

@@ -18,10 +18,7 @@ from tms.stages.common import (
     ModelRef,
     data_key,
     final_checkpoint,
-    logprob_chunk,
-    logprob_impl,
-    lora_settings,
-    model_kwargs,
+    module_kwargs,
     train_key,
 )
 from tms.training.callbacks import checkpoint_steps
@@ -43,10 +40,7 @@ def train_stage(cfg: DictConfig, name: str, key: dict[str, Any], init: ModelRef,
                                  train_limit=cfg.data.get("train_limit"), val_limit=cfg.data.get("val_limit"),
                                  buffer=buffer, T=T).connect(tok)
         module = SFTModule(init.path, optimizer=instantiate(cfg.sft.optimizer), scheduler=instantiate(cfg.sft.scheduler),
-                           model_kwargs=model_kwargs(cfg),
-                           gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),
-                           logprob_chunk=logprob_chunk(cfg), logprob_impl=logprob_impl(cfg),
-                           lora=lora_settings(cfg))
+                           **module_kwargs(cfg))
         info.update(fit(module, dm, tok, out, cfg.sft, cfg.trainer, cfg.get("logger"), seed=int(cfg.seed),
                         num_checkpoints=num_checkpoints, name=name, callbacks=cfg.get("callbacks"),
                         **({"grid": grid} if grid else {})))
