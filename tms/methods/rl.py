@@ -154,7 +154,6 @@ class RLModule(CausalLMModule):
         with adapters_disabled(self.peft_model):
             return self._token_logprobs_of(self.model, batch)
 
-
     def _micro_batches(self, batch: dict[str, torch.Tensor]) -> Iterator[tuple[slice, int, dict[str, torch.Tensor]]]:
         """``(rows, width, micro-batch)`` with trailing padding columns cut (right padding: only pads)."""
         n = batch["input_ids"].shape[0]
