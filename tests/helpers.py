@@ -74,3 +74,20 @@ def train_smoke(cache: Path, run_dir: Path, *overrides: str) -> Path:
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return run_dir
+
+
+class Crash(RuntimeError):
+    """A simulated kill of a training run."""
+
+
+def crash_at_step(monkeypatch, module_cls, step: int, what: str = "step"):
+    """Make ``module_cls.training_step`` raise :class:`Crash` at global step ``step``; returns the undo."""
+    original = module_cls.training_step
+
+    def crashing(self, batch, batch_idx):
+        if self.global_step == step:
+            raise Crash(f"killed before {what} {step + 1}")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(module_cls, "training_step", crashing)
+    return lambda: monkeypatch.setattr(module_cls, "training_step", original)

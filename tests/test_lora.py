@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import compose
-from tests.helpers import invalid, rl_config, train_smoke
+from tests.helpers import Crash, crash_at_step, invalid, rl_config, train_smoke
 from tms.core.errors import ConfigError
 from tms.core.io import read_json
 
@@ -315,21 +315,11 @@ def test_lora_sft_killed_mid_training_resumes_to_the_same_model(smoke_base, tmp_
     common = ["experiment=smoke", "method=sft", "trainer.checkpoint_every_n_steps=1", *LORA]
     full = run_sft(compose([*common, f"cache_dir={tmp_path / 'full'}"]), base)
     cfg = compose([*common, f"cache_dir={tmp_path / 'crash'}"])
-    original = SFTModule.training_step
-
-    class Crash(RuntimeError):
-        pass
-
-    def crashing(self, batch, batch_idx):
-        if self.global_step == 2:
-            raise Crash("killed before step 3")
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(SFTModule, "training_step", crashing)
+    undo = crash_at_step(monkeypatch, SFTModule, 2, "step")
     with pytest.raises(Crash):
         run_sft(cfg, base)
     assert next((tmp_path / "crash" / "sft").glob("*.partial")).joinpath("lightning", "last.ckpt").is_file()
-    monkeypatch.setattr(SFTModule, "training_step", original)
+    undo()
     resumed = run_sft(cfg, base)
     assert resumed.manifest()["info"]["resumed"] is True
     a = load_file(str(Path(final_checkpoint(full).path) / "model.safetensors"))

@@ -12,7 +12,7 @@ from tests.conftest import compose
 from tms.data.tasks.base import Example, Task
 from tms.core.io import read_json
 from tms.methods.rl import RLModule, Rollout
-from tests.helpers import rl_config
+from tests.helpers import Crash, crash_at_step, rl_config
 from tms.core.errors import ConfigError
 from tms.methods.rl_config import reward_summary
 from tms.methods.rewards import CombinedReward, FormatReward, VerifierReward
@@ -343,22 +343,12 @@ def test_rl_killed_mid_training_resumes_to_the_same_model(smoke_base, tmp_path, 
     full = run_rl(full_cfg, base)
 
     cfg = compose([*common, f"cache_dir={tmp_path / 'crash'}"])
-    original = RLModule.training_step
-
-    class Crash(RuntimeError):
-        pass
-
-    def crashing(self, batch, batch_idx):
-        if self.global_step == 2:
-            raise Crash("killed before rollout 3")
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(RLModule, "training_step", crashing)
+    undo = crash_at_step(monkeypatch, RLModule, 2, "rollout")
     with pytest.raises(Crash):
         run_rl(cfg, base)
     partial = next((tmp_path / "crash" / "rl").glob("*.partial"))
     assert (partial / "lightning" / "last.ckpt").is_file()
-    monkeypatch.setattr(RLModule, "training_step", original)
+    undo()
     resumed = run_rl(cfg, base)
     assert resumed.manifest()["info"]["resumed"] is True
     a = load_file(str(Path(final_checkpoint(full).path) / "model.safetensors"))
