@@ -91,3 +91,19 @@ def crash_at_step(monkeypatch, module_cls, step: int, what: str = "step"):
 
     monkeypatch.setattr(module_cls, "training_step", crashing)
     return lambda: monkeypatch.setattr(module_cls, "training_step", original)
+
+
+def assert_resumed_to_the_same_model(full, resumed, theta0_dir) -> None:
+    """A stage ``resumed`` after a crash resumed, ends bit for bit with the uninterrupted ``full`` run's final weights,
+    and those weights moved away from θ0's (``theta0_dir``)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tms.stages.common import final_checkpoint
+
+    assert resumed.manifest()["info"]["resumed"] is True
+    a = load_file(str(Path(final_checkpoint(full).path) / "model.safetensors"))
+    b = load_file(str(Path(final_checkpoint(resumed).path) / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    theta0 = load_file(str(Path(theta0_dir) / "model.safetensors"))
+    assert any(not torch.equal(a[k], theta0[k]) for k in a)

@@ -12,7 +12,7 @@ from tests.conftest import compose
 from tms.data.tasks.base import Example, Task
 from tms.core.io import read_json
 from tms.methods.rl import RLModule, Rollout
-from tests.helpers import Crash, crash_at_step, rl_config
+from tests.helpers import Crash, assert_resumed_to_the_same_model, crash_at_step, rl_config
 from tms.core.errors import ConfigError
 from tms.methods.rl_config import reward_summary
 from tms.methods.rewards import CombinedReward, FormatReward, VerifierReward
@@ -329,11 +329,10 @@ def test_rl_killed_mid_training_resumes_to_the_same_model(smoke_base, tmp_path, 
     """A crash after rollout 2 of 4 and a re-run: the stage resumes from Lightning's last.ckpt (optimiser, scheduler,
     EMA baseline, RNG, data position; rollouts seeded by (seed, step)) and ends with the uninterrupted run's weights
     and per-rollout rewards, bit for bit."""
-    from safetensors.torch import load_file
 
     from tms.methods.rl import RLModule
     from tms.stages.rl import run_rl
-    from tms.stages.common import ModelRef, final_checkpoint
+    from tms.stages.common import ModelRef
 
     base = ModelRef(smoke_base, {"path": "smoke"})
     common = ["experiment=smoke", "method=reinforce", "rl.max_steps=4", "rl.num_generations=4", "rl.prompts_per_step=8",
@@ -350,12 +349,7 @@ def test_rl_killed_mid_training_resumes_to_the_same_model(smoke_base, tmp_path, 
     assert (partial / "lightning" / "last.ckpt").is_file()
     undo()
     resumed = run_rl(cfg, base)
-    assert resumed.manifest()["info"]["resumed"] is True
-    a = load_file(str(Path(final_checkpoint(full).path) / "model.safetensors"))
-    b = load_file(str(Path(final_checkpoint(resumed).path) / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    theta0 = load_file(str(Path(smoke_base) / "model.safetensors"))
-    assert any(not torch.equal(a[k], theta0[k]) for k in a)  # the policy moved
+    assert_resumed_to_the_same_model(full, resumed, smoke_base)  # the policy moved
     rewards = read_json(full.dir / "rewards.json")["per_rollout"]
     assert len(rewards) == 4 and any(r > 0 for r in rewards)
     assert read_json(resumed.dir / "rewards.json")["per_rollout"] == read_json(full.dir / "rewards.json")["per_rollout"]
