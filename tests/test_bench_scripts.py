@@ -26,3 +26,14 @@ def test_the_logprob_memory_bench_finds_the_same_loss_and_gradient():
     out = run("bench/logprob_memory.py", "--tokens", "256", "--length", "64", "--hidden", "32", "--vocab", "4096",
               "--chunks", "32", "--threads", "1")
     assert "chunk 32: same loss and gradient as the full logits: True" in out and "memory_ratio=" in out
+
+
+def test_the_packing_bench_compares_padded_and_packed_steps():
+    out = run("bench/packing.py", "--tiny")
+    assert "speedup[toy]=" in out and "speedup[variable]=" in out and out.strip().splitlines()[-1].startswith("speedup=")
+
+
+def test_the_sft_throughput_bench_runs_hf_trainer_and_our_stage1(tmp_path):
+    out = run("bench/sft_throughput.py", "--tiny", "--arms", "hf,tms_padded", "--precisions", "fp32",
+              "--work", str(tmp_path))
+    assert "speedup[tms_padded,fp32]=" in out and out.strip().splitlines()[-1].startswith("speedup=")

@@ -26,7 +26,7 @@ from tms.training.loop import DEFAULT_TRAINER, RESERVED_TRAINER_KEYS, TMS_TRAINE
 
 #: keys of ``sft`` (and of the toy world's ``model.build.pretrain``, which trains with the same loop)
 TRAIN_KEYS = ("num_checkpoints", "epochs", "max_steps", "batch_size", "effective_batch_size", "accumulate_grad_batches",
-              "gradient_clip_val", "optimizer", "scheduler", "grid", "keep_resume_checkpoint")
+              "gradient_clip_val", "optimizer", "scheduler", "grid", "keep_resume_checkpoint", "packing")
 
 
 # -- optimisation ---------------------------------------------------------------------------------------------------
@@ -42,6 +42,8 @@ def check_train_block(node: DictConfig, prefix: str) -> None:
     integer(f"{prefix}.effective_batch_size", node.get("effective_batch_size"), optional=True)
     integer(f"{prefix}.accumulate_grad_batches", node.get("accumulate_grad_batches"), optional=True)
     number(f"{prefix}.gradient_clip_val", node.get("gradient_clip_val"), 0, optional=True)
+    packing = node.get("packing", False)
+    require(isinstance(packing, bool), f"{prefix}.packing", f"must be true or false, got {packing!r}")
 
 
 def check_optimizer(node: DictConfig | None, key: str, lr: float | None = None, lr_key: str | None = None):

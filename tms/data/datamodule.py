@@ -106,12 +106,14 @@ class PostTrainDataModule(L.LightningDataModule):
         mode: ``"pairs"`` (prompt + target batches, the default) or ``"prompts"`` (example-index
             batches for on-policy RL; no targets are drawn).
         batch_repeats: prompt mode only: how many consecutive steps see each index batch.
+        packing: padding-free packed batches (:mod:`tms.data.packing`: each micro-batch one row, the same loss and
+            gradients as the right-padded batch) for training and validation; False: right padding.
     """
 
     def __init__(self, task: Task, source: TargetSource | None = None, batch_size: int = 16, max_length: int = 512,
                  seed: int = 0, train_limit: int | None = None, val_limit: int | None = None, buffer=None,
                  T: int | None = None, num_workers: int = 0, val_batch_size: int | None = None,
-                 mode: str = "pairs", batch_repeats: int = 1) -> None:
+                 mode: str = "pairs", batch_repeats: int = 1, packing: bool = False) -> None:
         super().__init__()
         if mode not in ("pairs", "prompts"):
             raise ValueError(f"PostTrainDataModule mode must be 'pairs' or 'prompts', got {mode!r}")
@@ -122,7 +124,7 @@ class PostTrainDataModule(L.LightningDataModule):
         self.batch_size, self.max_length, self.seed = int(batch_size), int(max_length), int(seed)
         self.val_batch_size = int(val_batch_size or batch_size)
         self.train_limit, self.val_limit, self.buffer, self.T = train_limit, val_limit, buffer, T
-        self.num_workers = int(num_workers)
+        self.num_workers, self.packing = int(num_workers), bool(packing)
         self.tokenizer = None
         self.mixture_counts: dict[int, dict[str, int]] = {}
         self.dropped: dict[str, int] = {}
@@ -141,7 +143,7 @@ class PostTrainDataModule(L.LightningDataModule):
         self.train_examples, self.train_prompts = self._fit_prompts(self.task.examples("train", self.train_limit), "train")
         self.val_examples, self.val_prompts = self._fit_prompts(self.task.examples("val", self.val_limit), "val")
         self.source.bind(self.train_examples, buffer=self.buffer, T=self.T)
-        self.collator = Collator(tokenizer.pad_token_id)
+        self.collator = Collator(tokenizer.pad_token_id, packed=self.packing)
         return self
 
     def _fit_prompts(self, examples: list[Example], split: str) -> tuple[list[Example], list[list[int]]]:

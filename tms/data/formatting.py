@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from tms.data.packing import collate_packed
 from tms.objectives.nll import IGNORE_INDEX
 
 
@@ -65,10 +66,11 @@ def collate_right_padded(items: list[tuple[list[int], int]], pad_id: int) -> dic
 
 
 class Collator:
-    """Picklable collate function (needed by spawn-based data-loader workers and ``ddp_spawn``)."""
+    """Picklable collate function (needed by spawn-based data-loader workers and ``ddp_spawn``): right-padded
+    batches, or with ``packed`` padding-free packed rows (:func:`tms.data.packing.collate_packed`)."""
 
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = int(pad_id)
+    def __init__(self, pad_id: int, packed: bool = False) -> None:
+        self.pad_id, self.packed = int(pad_id), bool(packed)
 
     def __call__(self, items: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
-        return collate_right_padded(items, self.pad_id)
+        return collate_packed(items) if self.packed else collate_right_padded(items, self.pad_id)

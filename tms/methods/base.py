@@ -8,11 +8,14 @@ import lightning as L
 import torch
 
 from tms.core.io import atomic_dir
+from tms.data.packing import is_packed, sequences_in
 from tms.models.loading import load_model
 from tms.models.lora import ADAPTER_DIR, LoraSettings, apply_lora, merged_state_dict, save_adapter
 from tms.models.strategies import full_state_dict
+from tms.models.varlen import packed_attention, packed_kwargs
 from tms.objectives.head_logprobs import model_token_logprobs
 from tms.training.numerics import NonFiniteGuard
+from tms.training.optim import build_optimizer
 
 
 class CausalLMModule(L.LightningModule):
@@ -79,13 +82,23 @@ class CausalLMModule(L.LightningModule):
     def batch_logprobs(self, batch: dict[str, torch.Tensor], model=None, temperature: float = 1.0,
                        entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(logp, mask, entropy)`` of the batch's labelled tokens under ``model`` (default: the trained one), through
-        :func:`~tms.objectives.head_logprobs.model_token_logprobs` with this module's ``logprob_chunk``."""
-        return model_token_logprobs(self.model if model is None else model, batch["input_ids"], batch["attention_mask"],
-                                    batch["labels"], temperature, self.logprob_chunk, entropy, self.logprob_impl)
+        :func:`~tms.objectives.head_logprobs.model_token_logprobs` with this module's ``logprob_chunk``.
+
+        A packed batch (:mod:`tms.data.packing`, ``sft.packing``) runs as one row without an attention mask, its
+        attention kept within each sequence (:func:`tms.models.varlen.packed_attention`); ``logp`` and ``mask`` are
+        then ``[1, N-1]``."""
+        model = self.model if model is None else model
+        if not is_packed(batch):
+            return model_token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"], temperature,
+                                        self.logprob_chunk, entropy, self.logprob_impl)
+        forward = {"position_ids": batch["position_ids"], **packed_kwargs(batch["cu_seq_lens"], batch["max_length"])}
+        with packed_attention(model):
+            return model_token_logprobs(model, batch["input_ids"], None, batch["labels"], temperature, self.logprob_chunk,
+                                        entropy, self.logprob_impl, forward_kwargs=forward)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        opt = self.optimizer_factory(params)
+        opt = build_optimizer(self.optimizer_factory, params)
         if self.scheduler_factory is None:
             return opt
         total = int(self.trainer.estimated_stepping_batches)
@@ -118,7 +131,7 @@ class CausalLMModule(L.LightningModule):
         for batch in loader:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             logp, mask, _ = self.batch_logprobs(batch)
-            acc += torch.stack([-logp.sum().double(), torch.tensor(float(logp.shape[0]), device=self.device,
+            acc += torch.stack([-logp.sum().double(), torch.tensor(float(sequences_in(batch)), device=self.device,
                                 dtype=torch.float64), mask.sum().double()])
         if self._trainer is not None and self.trainer.world_size > 1:
             acc = self.trainer.strategy.reduce(acc, reduce_op="sum")

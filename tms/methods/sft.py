@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from tms.data.packing import sequences_in
 from tms.objectives.nll import step_token_mean
 from tms.methods.base import CausalLMModule
 
@@ -49,7 +50,7 @@ class SFTModule(CausalLMModule):
             total = self.trainer.strategy.reduce(self._step_nll, reduce_op="sum") if world > 1 else self._step_nll
             self._step_nll = None
             self.log("train/loss", (total / step_tokens).float(), prog_bar=True, on_step=True, on_epoch=False,
-                     batch_size=batch["input_ids"].shape[0])
+                     batch_size=sequences_in(batch))
             self.log("train/completion_tokens", step_tokens.float(), on_step=True, on_epoch=False)
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss

@@ -131,24 +131,28 @@ def lm_head_logprobs(model, labels: torch.Tensor, temperature: float = 1.0, chun
         del head.forward  # back to the class's forward
 
 
-def model_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+def model_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
                          temperature: float = 1.0, chunk: int | None = None, entropy: bool = False,
-                         impl: str = "chunked") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                         impl: str = "chunked", forward_kwargs: dict | None = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(logp, mask, entropy)`` of the labelled tokens of a batch under ``model``: ``logp``, ``mask`` ``[B, L-1]``
     (see :func:`~tms.objectives.nll.token_logprobs`) and, with ``entropy``, the mean per-token entropy over the
     labelled positions (:func:`~tms.objectives.policy_gradient.masked_entropy`, no gradient), else None.
 
     ``chunk``: positions projected through the head at a time (memory-bounded, :func:`lm_head_logprobs`); None:
     the model's full ``[B, L, V]`` logits and ``token_logprobs`` (also for a model whose logits are transformed
-    after the head). ``impl``: see :func:`hidden_token_logprobs` (``model.logprob_impl``)."""
+    after the head). ``impl``: see :func:`hidden_token_logprobs` (``model.logprob_impl``). ``forward_kwargs``: more
+    arguments of the model's forward (a packed batch's ``position_ids`` and sequence boundaries, with
+    ``attention_mask=None``: :mod:`tms.data.packing`)."""
+    extra = dict(forward_kwargs or {})
     if chunk is None or not supports_head_logprobs(model):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
         if temperature != 1.0:
             logits = logits / temperature
         logp, mask = token_logprobs(logits, labels)
         return logp, mask, masked_entropy(logits.detach(), labels) if entropy else None
     with lm_head_logprobs(model, labels, temperature, int(chunk), entropy, impl):
-        packed = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        packed = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
     mask = completion_mask(labels)
     if entropy and not bool(mask.any()):
         raise ValueError("model_token_logprobs: the batch has no completion token (all labels are -100)")

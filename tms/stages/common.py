@@ -74,7 +74,10 @@ def module_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 
 def train_key(cfg: DictConfig) -> dict[str, Any]:
-    key = {"sft": plain(cfg.sft), "accumulate": accumulation(cfg.sft, cfg.trainer), "world_size": world_size(cfg.trainer),
+    sft = plain(cfg.sft)
+    if not sft.get("packing"):  # padded batches: the key of every stage trained before sft.packing existed
+        sft.pop("packing", None)
+    key = {"sft": sft, "accumulate": accumulation(cfg.sft, cfg.trainer), "world_size": world_size(cfg.trainer),
            "precision": cfg.trainer.precision, "model": model_kwargs(cfg),
            "gradient_checkpointing": bool(cfg.model.get("gradient_checkpointing", False))}
     if cfg.get("callbacks"):  # the user's callbacks group may change training (e.g. early stopping)

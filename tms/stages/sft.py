@@ -38,7 +38,7 @@ def train_stage(cfg: DictConfig, name: str, key: dict[str, Any], init: ModelRef,
         dm = PostTrainDataModule(instantiate(cfg.data.task), source, batch_size=int(cfg.sft.batch_size),
                                  max_length=int(cfg.data.max_length), seed=int(cfg.seed),
                                  train_limit=cfg.data.get("train_limit"), val_limit=cfg.data.get("val_limit"),
-                                 buffer=buffer, T=T).connect(tok)
+                                 buffer=buffer, T=T, packing=bool(cfg.sft.get("packing", False))).connect(tok)
         module = SFTModule(init.path, optimizer=instantiate(cfg.sft.optimizer), scheduler=instantiate(cfg.sft.scheduler),
                            **module_kwargs(cfg))
         info.update(fit(module, dm, tok, out, cfg.sft, cfg.trainer, cfg.get("logger"), seed=int(cfg.seed),

@@ -102,7 +102,8 @@ def build_base_model(out_dir: Path, build: DictConfig, trainer_cfg: DictConfig, 
 
     pre = build.pretrain
     task = pretraining_task(build)
-    dm = PostTrainDataModule(task, batch_size=int(pre.batch_size), max_length=int(build.max_length), seed=int(build.seed))
+    dm = PostTrainDataModule(task, batch_size=int(pre.batch_size), max_length=int(build.max_length), seed=int(build.seed),
+                             packing=bool(pre.get("packing", False)))
     dm.connect(tok)
     module = SFTModule(str(init_dir), optimizer=instantiate(pre.optimizer), scheduler=instantiate(pre.scheduler),
                        model_kwargs={"dtype": "float32"})
