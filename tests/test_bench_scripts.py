@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -37,3 +39,15 @@ def test_the_sft_throughput_bench_runs_hf_trainer_and_our_stage1(tmp_path):
     out = run("bench/sft_throughput.py", "--tiny", "--arms", "hf,tms_padded", "--precisions", "fp32",
               "--work", str(tmp_path))
     assert "speedup[tms_padded,fp32]=" in out and out.strip().splitlines()[-1].startswith("speedup=")
+
+
+def test_the_harvest_bench_compares_our_decoder_with_generate_and_the_per_prompt_loop(tmp_path):
+    out = run("bench/harvest_throughput.py", "--tiny", "--arms", "loop,generate,ours", "--work", str(tmp_path))
+    assert "speedup[loop,fp32]=" in out and "speedup[generate,fp32]=" in out
+    assert out.strip().splitlines()[-1].startswith("speedup=")
+
+
+@pytest.mark.slow
+def test_the_harvest_bench_runs_transformers_continuous_batching(tmp_path):
+    out = run("bench/harvest_throughput.py", "--tiny", "--arms", "ours,generate_batch", "--work", str(tmp_path))
+    assert "speedup[generate_batch,fp32]=" in out

@@ -66,16 +66,19 @@ VERSIONS = {"base": "1", "gguf": "1", "sft": "1", "student": "1", "harvest": "1"
 VERIFIERS = ("data/tasks/verify.py", "data/tasks/ifeval_checks.py", "data/tasks/ifeval_reference.py",
              "data/tasks/safety_judge.py")
 TRAINING = ("training/loop.py", "training/callbacks.py", "training/optim.py", "training/resume.py",
-            "training/numerics.py", "models/loading.py", "models/lora.py", "models/strategies.py", "objectives/nll.py",
+            "training/numerics.py", "models/loading.py", "models/lora.py", "models/strategies.py", "models/varlen.py",
+            "objectives/nll.py",
             "objectives/head_logprobs.py", "objectives/policy_gradient.py", "objectives/kl.py", "methods/base.py",
             "methods/sft.py")
 #: ``file:name,name`` hashes only those top-level definitions: MATH's gold answer (which decides which training
 #: examples exist) is ``data/tasks/verify.last_boxed``; the rest of verify.py only grades
-DATA = ("data/__init__.py", "data/datamodule.py", "data/formatting.py", "data/position.py", "data/sources.py",
+DATA = ("data/__init__.py", "data/datamodule.py", "data/formatting.py", "data/packing.py", "data/position.py",
+        "data/sources.py",
         "data/windows.py", "data/tasks/*.py", "toy/tasks.py", "toy/skills.py", "data/tasks/verify.py:last_boxed,_BOXED")
 #: the trajectory buffer H[t, x] (its storage and the student's view of it)
 BUFFER = ("data/buffer.py",)
-GENERATION = ("generation/base.py", "generation/factory.py", "generation/hf.py", "generation/scoring.py",
+GENERATION = ("generation/base.py", "generation/decode.py", "generation/factory.py", "generation/hf.py",
+              "generation/scoring.py",
               "generation/vllm.py", "generation/isolated.py", "core/seeds.py", "models/loading.py", "models/sharding.py",
               "data/formatting.py", "objectives/nll.py", "objectives/head_logprobs.py", "objectives/policy_gradient.py",
               "objectives/kl.py")
@@ -91,7 +94,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "rl": RL + TRAINING + DATA + GENERATION + VERIFIERS,
     "eval": ("evaluation/__init__.py", "evaluation/suite.py", "evaluation/metrics.py", "objectives/kl.py") + GENERATION
             + DATA + VERIFIERS,
-    "gguf": ("models/gguf.py", "models/loading.py", "data/formatting.py", "objectives/nll.py"),
+    "gguf": ("models/gguf.py", "models/loading.py", "data/formatting.py", "data/packing.py", "objectives/nll.py"),
     "lm_eval": ("evaluation/__init__.py", "evaluation/lm_eval.py", "evaluation/lm_eval_tasks.py", "generation/vllm.py",
                 "generation/base.py", "generation/isolated.py", "core/seeds.py", "objectives/nll.py") + DATA
                + VERIFIERS,

@@ -1,7 +1,9 @@
 """Hugging Face ``generate`` backend: always available, CPU or GPU.
 
 Prompts are expanded ``n`` times, sorted by length (less padding), left-padded and generated in
-batches. Each batch re-seeds torch from ``(seed, batch index)``, so the output is a deterministic
+batches, by default with :func:`tms.generation.decode.sample_dropping_finished` (a finished sequence leaves the
+batch, so it stops costing compute; ``decode="generate"``: ``model.generate``, which computes every row until the
+longest is done; a sharded model always uses ``generate``, whose ``synced_gpus`` keeps the ranks in step). Each batch re-seeds torch from ``(seed, batch index)``, so the output is a deterministic
 function of (model, prompts, n, sampling, seed, batch_size) and does not depend on what ran before.
 The model's own ``generation_config`` (Qwen's top_k=20, repetition_penalty=1.05, ...) is *not*
 applied: during ``generate`` it is swapped for a neutral one holding only the special-token ids,
@@ -19,6 +21,7 @@ import torch
 
 from tms.core.seeds import derive_seed
 from tms.generation.base import Completion, SamplingParams
+from tms.generation.decode import sample_dropping_finished
 from tms.generation.scoring import score_completions
 from tms.models.loading import load_model, load_tokenizer
 from tms.models.sharding import needs_synced_generation
@@ -52,21 +55,28 @@ class HFGenerator:
     Args:
         model: a loaded causal LM (``eval()`` is applied) — or use :meth:`from_pretrained`.
         tokenizer: its tokenizer (eos and pad ids, decoding).
-        batch_size: sequences per ``generate`` call.
+        batch_size: sequences per batch.
+        decode: ``"drop_finished"`` (a finished row leaves the batch) or ``"generate"`` (``model.generate``).
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, logprob_chunk: int | None = None) -> None:
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, int(batch_size)
+    DECODERS = ("drop_finished", "generate")
+
+    def __init__(self, model, tokenizer, batch_size: int = 64, logprob_chunk: int | None = None,
+                 decode: str = "drop_finished") -> None:
+        if decode not in self.DECODERS:
+            raise ValueError(f"decode={decode!r}: expected one of {self.DECODERS}")
+        self.model, self.tokenizer, self.batch_size, self.decode = model, tokenizer, int(batch_size), decode
         self.logprob_chunk = logprob_chunk  # SamplingParams.logprobs through the memory-bounded head path
         self.eos = eos_ids(model, tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str, batch_size: int = 64, device: str | None = None, dtype="auto",
-                        trust_remote_code: bool = False, logprob_chunk: int | None = None) -> "HFGenerator":
+                        trust_remote_code: bool = False, logprob_chunk: int | None = None,
+                        decode: str = "drop_finished") -> "HFGenerator":
         tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
         model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), tok, batch_size, logprob_chunk=logprob_chunk)
+        return cls(model.to(device), tok, batch_size, logprob_chunk=logprob_chunk, decode=decode)
 
     def _generation_config(self, sampling: SamplingParams):
         """Exactly the configured policy; a ``None`` here would be filled from the model or global defaults."""
@@ -119,10 +129,15 @@ class HFGenerator:
             chunk = order[start:start + self.batch_size]
             ids, mask = left_pad([prompts[requests[r][0]] for r in chunk], int(self.tokenizer.pad_token_id))
             torch.manual_seed(derive_seed(seed, b))
-            with self._neutral_model_defaults():
-                out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                                          synced_gpus=synced)
-            new = out[:, ids.shape[1]:].tolist()
+            if self.decode == "drop_finished" and not synced:
+                new = sample_dropping_finished(self.model, ids.to(device), mask.to(device), self.eos,
+                                               int(sampling.max_new_tokens), float(sampling.temperature),
+                                               float(sampling.top_p))
+            else:
+                with self._neutral_model_defaults():
+                    out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                              generation_config=config, synced_gpus=synced)
+                new = out[:, ids.shape[1]:].tolist()
             for r, toks in zip(chunk, new):
                 results[r] = self._completion(requests[r], toks)
         completions = [results[r] for r in range(len(requests))]
