@@ -45,7 +45,8 @@ def setup(a: argparse.Namespace):
     from tms.models.loading import load_tokenizer
     from tms.stages.base_model import resolve_base
 
-    overrides = ["method=sft", "trainer.enable_progress_bar=false"]
+    # a θ0 / Stage 1 cached by other code is reused (with a warning): throughput does not depend on which code built it
+    overrides = ["method=sft", "trainer.enable_progress_bar=false", "cache_reuse=warn"]
     if a.model == "smollm2":
         overrides += ["model=smollm2-135m", "data=countdown"]
     if a.cache_dir:
