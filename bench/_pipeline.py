@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -24,18 +25,18 @@ ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["trainer.enable_progress_bar=false"]
 
 
-#: the shrunk toy world of both full benchmarks (both arms of each get the same): θ0 pretrained for 200 steps of 64
-#: instead of ~1700 (the default θ0 alone takes ~5.5 minutes on 2 cores), its skill accuracy on 50 prompts a skill,
-#: Stage 1 / students (and GRPO) on 400 of the 2000 training prompts for the toy's 3 epochs (75 optimiser steps of
-#: 16), T = 5 checkpoints, and a quarter of the evaluation (50 prompts a benchmark, Pass@k on 16, KL on 50)
+#: the shrunk toy world of both full benchmarks (both arms of each get the same): θ0 pretrained for 100 steps of 64
+#: instead of ~1700 (the default θ0 alone takes ~5.5 minutes on 2 cores), its skill accuracy on 32 prompts a skill,
+#: Stage 1 / students (and GRPO) on 256 of the 2000 training prompts for the toy's 3 epochs (48 optimiser steps of
+#: 16), T = 4 checkpoints, and a small evaluation (32 prompts a benchmark, Pass@k on 8, KL on 32)
 SETTING = [
-    "model.build.pretrain.max_steps=200",
-    "+model.build.eval_n=50",
-    "data.train_limit=400",
-    "sft.num_checkpoints=5",
-    "eval.limit=50",
-    "eval.sampling.limit=16",
-    "eval.kl.limit=50",
+    "model.build.pretrain.max_steps=100",
+    "+model.build.eval_n=32",
+    "data.train_limit=256",
+    "sft.num_checkpoints=4",
+    "eval.limit=32",
+    "eval.sampling.limit=8",
+    "eval.kl.limit=32",
 ]
 #: the smoke world (experiment=smoke: seconds a stage) cut further for the tests: 32 prompts (2 optimiser steps), T = 2,
 #: a 4-step θ0, one retention and one transfer benchmark on 4 prompts
@@ -84,6 +85,8 @@ class Run:
     out_dir: Path
     jobs: list[Job]
     log: Path                       # stdout + stderr of the child
+    cpu_seconds: float = 0.0        # user + system CPU seconds of the child (all its threads): what other processes
+                                    # on a shared machine change less than the wall seconds
 
     def job(self) -> Job:
         assert len(self.jobs) == 1, f"{len(self.jobs)} jobs"
@@ -105,6 +108,7 @@ def train(overrides: list[str], cache_dir: str | Path, out_dir: Path, threads: i
         [f"cache_dir={cache_dir}"] + where
     log = out_dir.parent / f"{out_dir.name}.log"
     started = time.time()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
@@ -112,6 +116,8 @@ def train(overrides: list[str], cache_dir: str | Path, out_dir: Path, threads: i
         proc = subprocess.run(cmd, cwd=ROOT, env=child_env(threads), stdout=fh, stderr=subprocess.STDOUT,
                               timeout=timeout)
     seconds = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     text = log.read_text(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"python train.py failed (rc {proc.returncode}): {' '.join(cmd)}\n{text[-4000:]}")
@@ -128,7 +134,7 @@ def train(overrides: list[str], cache_dir: str | Path, out_dir: Path, threads: i
         jobs.append(Job(num, d, end - previous, json.loads(res.read_text()), read_config(d), built,
                         reused_stages(job_log(d, text, multirun))))
         previous = end
-    return Run(seconds, str(cache_dir), out_dir, jobs, log)
+    return Run(seconds, str(cache_dir), out_dir, jobs, log, cpu)
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

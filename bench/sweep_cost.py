@@ -12,7 +12,7 @@ difference between them is the cache:
 * ``sweep``: ``cache_dir=<one dir>``: the first job builds θ0, Stage 1, the T harvests and the θ0 and SFT
   evaluations, the next ones reuse them and only train and evaluate their student (asserted from the stage
   manifests, which say what each job built, and from the jobs' ``<stage>: reusing`` log lines);
-* ``independent``: ``cache_dir=<dir>/cache-${data.target_source.alpha}``: every job starts from an empty cache of
+* ``independent``: ``cache_dir=<dir>/cache-independent-${data.target_source.alpha}``: every job starts from an empty cache of
   its own and builds everything (asserted likewise).
 
 Every job has the same seed, so each α must reach the same results in both arms: the script compares the method's
@@ -20,12 +20,14 @@ row of every job's ``results.json`` (every number, bit for bit) and prints any d
 references only: it needs no Stage 1 and no harvest, so its independent pipeline builds neither (and has no SFT row,
 which its sweep job, finding the cached Stage 1, has).
 
-The toy world as it is (``--setting default``) takes ~8.5 minutes a pipeline from a cold cache on 2 cores (θ0's
-pretraining ~5.5 of them), far beyond the 10 minutes the 5 + 5 pipelines may take here; ``SETTING`` shrinks every
-stage in proportion with ordinary overrides (the same for both arms; printed). Printed: the wall seconds of each arm
-and of each job (a job: from the previous job's results.json, or the process start, to its own), what each job built
-and reused, the seconds per stage kind in each arm (from the manifests' ``duration_s``), the results check, and last
-``speedup=<independent seconds / sweep seconds>``.
+The toy world as it is (``--setting default``) takes ~8.5 minutes a pipeline from a cold cache on 2 free cores (the
+README's 8 min 32 s; θ0's pretraining ~5.5 of them), far beyond the 10 minutes the 5 + 5 pipelines may take here:
+``SETTING`` (``bench/_pipeline.py``) shrinks every stage with ordinary overrides, the same for both arms (printed).
+Printed: the wall (and CPU) seconds of each arm and of each job (a job: from the previous job's results.json, or the
+process start, to its own), what each job built and reused, the seconds per stage kind in each arm (the manifests'
+``duration_s``; ``other``: process start, config validation, loading, the run directory), the results check, and last
+``speedup=<independent seconds / sweep seconds>``, after the same ratio in CPU seconds (less sensitive to other load
+on a shared machine) and without the θ0 builds (what a sweep from an already cached θ0 would save).
 """
 from __future__ import annotations
 
@@ -109,7 +111,8 @@ def main() -> None:
             assert len(run.jobs) == len(alphas), f"{name}: {len(run.jobs)} jobs for {len(alphas)} α values"
             (check_sweep(run.jobs, alphas) if name == "sweep" else check_independent(run.jobs))
             arms[name] = run
-            print(f"\n{name} arm: cache_dir={cache}: {run.seconds:.1f} s wall ({run.seconds / len(run.jobs):.1f} s a run)")
+            print(f"\n{name} arm: cache_dir={cache}: {run.seconds:.1f} s wall ({run.seconds / len(run.jobs):.1f} s a run), "
+                  f"{run.cpu_seconds:.1f} CPU s")
             for job in run.jobs:
                 print(f"  job {job.num} α={job.value('data.target_source.alpha')}: {job.seconds:7.1f} s  "
                       f"target {job.results['target']:.3f}  built: {describe(job.built_names())}  "
@@ -129,7 +132,12 @@ def main() -> None:
                   + (f"  (rows only in one arm: {', '.join(only)})" if only else ""))
         print(f"same results in both arms: {same}")
         sweep_s, indep_s = arms["sweep"].seconds, arms["independent"].seconds
+        sweep_c, indep_c = arms["sweep"].cpu_seconds, arms["independent"].cpu_seconds
+        base = {k: arm_split(arms[k].jobs).get("base", 0.0) for k in arms}
         print(f"\nsweep {sweep_s:.1f} s, independent {indep_s:.1f} s (work dir {work})")
+        print(f"CPU seconds (both threads): sweep {sweep_c:.1f}, independent {indep_c:.1f}: ratio {indep_c / sweep_c:.3f}")
+        print(f"without the θ0 builds (sweep {base['sweep']:.1f} s, independent {base['independent']:.1f} s): "
+              f"ratio {(indep_s - base['independent']) / (sweep_s - base['sweep']):.3f}")
         print(f"speedup={indep_s / sweep_s:.3f}")
     finally:
         if not a.work:

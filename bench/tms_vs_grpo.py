@@ -99,7 +99,7 @@ def main() -> None:
             assert steps == t["steps"] * (1 if method == "tms" else g["iterations"]), (method, steps)
             runs[method] = run
             r = job.results
-            print(f"\n{method}: {run.seconds:.1f} s wall (cache_dir={cache})")
+            print(f"\n{method}: {run.seconds:.1f} s wall, {run.cpu_seconds:.1f} CPU s (cache_dir={cache})")
             print(f"  by stage: {format_split(stage_split(job))}")
             print(f"  {'student' if method == 'tms' else 'RL'}: {steps} optimiser steps; target {r['target']:.3f}  "
                   f"retention mean {retention(r):.3f}  F {r['forgetting']:+.3f}  "
