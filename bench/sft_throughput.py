@@ -16,7 +16,14 @@ precision, on ``--threads`` CPU threads. Arms (each in its own process, so memor
   ``trl_padding_free``: the same with ``padding_free=True``;
 * ``tms_padded`` / ``tms_packed``: our Stage 1 exactly as ``python train.py`` runs it (:func:`tms.stages.sft.run_sft`
   through the stage cache: Lightning, the T=10 trajectory checkpoints with the held-out PLD pass at each, the
-  resumable ``last.ckpt`` every 50 steps) with ``sft.packing`` false / true.
+  resumable ``last.ckpt`` every 50 steps) with ``sft.packing`` false / true, and the fused AdamW the other arms
+  use (``model.fused_optimizer=true``; the toy's default is the per-tensor loop, see docs/scale.md);
+* ``plain``: the floor of any trainer that runs the model's forward and loss as they are: a bare PyTorch loop of the same
+  steps (the collated batches, forward with the model's own loss, backward, clipping, AdamW, schedule) with nothing
+  else — no logging, no checkpoints, no callbacks. ``hf seconds / plain seconds`` is the most such a trainer
+  could gain over HF ``Trainer`` here (printed as ``ceiling=``); ``plain_compiled``: the same loop with the model
+  under ``torch.compile(dynamic=True)`` (one graph for every batch length), its compilation included in the time
+  (not run by default: minutes of compiling on 2 cores).
 
 Printed per arm and precision: wall seconds (model load to the end of training), real (non-pad) tokens/s, peak RSS
 and the first/last logged loss; then ``speedup[arm,precision]=<hf seconds / tms seconds>``, what bf16-mixed buys each trainer
@@ -30,6 +37,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ARMS = ("hf", "trl", "trl_padding_free", "tms_padded", "tms_packed")
+ARMS = ("hf", "trl", "trl_padding_free", "tms_padded", "tms_packed", "plain", "plain_compiled")
 PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}  # Lightning names of the two precisions
 
 
@@ -146,6 +154,38 @@ def run_hf(cfg, theta0: Path, items, out: Path, bf16: bool, trl: str | None) -> 
             "last_loss": losses[-1] if losses else None}
 
 
+def run_plain(cfg, theta0: Path, items, compiled: bool = False) -> dict:
+    """The bare loop (see ``plain`` in the module docstring): HF's loss on the project's right-padded batches;
+    ``compiled``: the model's forward under ``torch.compile`` (compilation inside the timed loop)."""
+    import torch
+
+    from tms.data.formatting import Collator
+    from tms.models.loading import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(theta0))
+    model = load_model(str(theta0), dtype="float32", attn_implementation="sdpa")
+    model.config.use_cache = False
+    model.train()
+    collate, bs, epochs = Collator(tok.pad_token_id), int(cfg.sft.batch_size), int(cfg.sft.epochs)
+    steps = -(-len(items) // bs) * epochs
+    opt, sched = optimizers(model, cfg, steps)
+    clip, losses = float(cfg.sft.gradient_clip_val), []
+    t0 = time.perf_counter()
+    forward = torch.compile(model, dynamic=True) if compiled else model
+    for _ in range(epochs):
+        for i in range(0, len(items), bs):
+            b = collate(items[i:i + bs])
+            loss = forward(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+    train_s = time.perf_counter() - t0
+    return {"train_seconds": train_s, "steps": len(losses), "first_loss": float(losses[0]), "last_loss": float(losses[-1])}
+
+
 def run_tms(cfg, theta0: Path, out: Path) -> dict:
     """Our Stage 1 through the stage cache in ``out`` (θ0 given as a local model directory)."""
     import csv
@@ -172,11 +212,17 @@ def one(a: argparse.Namespace) -> None:
 
     torch.set_num_threads(a.threads)
     work = Path(a.work)
-    theta0 = work / "theta0"
-    overrides = settings(a.tiny) + [f"model.name_or_path={theta0}", f"cache_dir={work / ('cache-' + a.one + a.precision)}",
+    theta0, cache = work / "theta0", work / f"cache-{a.one}{a.precision}"
+    for old in (cache, work / f"{a.one}-{a.precision}"):  # a kept --work dir: never time a cached Stage 1
+        shutil.rmtree(old, ignore_errors=True)
+    if a.one == "plain_compiled":  # a cold compile: inductor's cache of an earlier run would hide its cost
+        shutil.rmtree(work / "inductor-cache", ignore_errors=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor-cache")
+    overrides = settings(a.tiny) + [f"model.name_or_path={theta0}", f"cache_dir={cache}",
                                     f"trainer.precision={PRECISION[a.precision]}"]
-    if a.one.startswith("tms"):
-        overrides.append(f"sft.packing={str(a.one == 'tms_packed').lower()}")
+    if a.one.startswith("tms"):  # the same fused AdamW as every other arm (the toy's own default is the per-tensor
+        # loop, model.fused_optimizer=false: its results hang on float rounding, docs/scale.md; ≈ 6 ms a step more)
+        overrides += [f"sft.packing={str(a.one == 'tms_packed').lower()}", "model.fused_optimizer=true"]
     cfg = compose(overrides)
     from tms.models.loading import load_tokenizer
 
@@ -185,6 +231,10 @@ def one(a: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if a.one.startswith("tms"):
         res = run_tms(cfg, theta0, work / f"{a.one}-{a.precision}")
+    elif a.one.startswith("plain"):
+        if a.precision != "fp32":
+            raise SystemExit("the plain arms run fp32 only (the floor of the fp32 comparison)")
+        res = run_plain(cfg, theta0, items, compiled=a.one == "plain_compiled")
     else:
         trl = {"hf": None, "trl": "padded", "trl_padding_free": "padding_free"}[a.one]
         res = run_hf(cfg, theta0, items, work / f"{a.one}-{a.precision}", a.precision == "bf16", trl)
@@ -198,7 +248,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a tiny slice of the toy Stage 1 (seconds)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(a for a in ARMS if a != "plain_compiled"))
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one, deleted)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -230,6 +280,8 @@ def main() -> None:
                "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
         for precision in precisions:
             for arm in arms:
+                if arm.startswith("plain") and precision != "fp32":
+                    continue
                 cmd = [sys.executable, __file__, "--one", arm, "--precision", precision, "--threads", str(a.threads),
                        "--work", str(work)] + (["--tiny"] if a.tiny else [])
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -250,6 +302,12 @@ def main() -> None:
     for arm in arms:
         if (arm, "fp32") in by and (arm, "bf16") in by:
             print(f"bf16_vs_fp32[{arm}]={by[(arm, 'fp32')] / by[(arm, 'bf16')]:.3f}")
+    if ("hf", "fp32") in by and ("plain", "fp32") in by:
+        print(f"ceiling={by[('hf', 'fp32')] / by[('plain', 'fp32')]:.3f}   (HF Trainer / the bare loop: the most any "
+              "trainer gains over HF Trainer here without changing the model's arithmetic)")
+    if ("plain", "fp32") in by and ("plain_compiled", "fp32") in by:
+        print(f"compiled_vs_plain={by[('plain', 'fp32')] / by[('plain_compiled', 'fp32')]:.3f}   (torch.compile, "
+              "its cold compilation included)")
     if ("hf", "fp32") in by and (ours, "fp32") in by:
         print(f"speedup={by[('hf', 'fp32')] / by[(ours, 'fp32')]:.3f}   (HF Trainer / {ours}, the toy's default, fp32)")
 

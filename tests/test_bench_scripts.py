@@ -36,9 +36,11 @@ def test_the_packing_bench_compares_padded_and_packed_steps():
 
 
 def test_the_sft_throughput_bench_runs_hf_trainer_and_our_stage1(tmp_path):
-    out = run("bench/sft_throughput.py", "--tiny", "--arms", "hf,tms_padded", "--precisions", "fp32",
+    out = run("bench/sft_throughput.py", "--tiny", "--arms", "hf,tms_padded,plain", "--precisions", "fp32",
               "--work", str(tmp_path))
-    assert "speedup[tms_padded,fp32]=" in out and out.strip().splitlines()[-1].startswith("speedup=")
+    assert "speedup[tms_padded,fp32]=" in out and "ceiling=" in out and out.strip().splitlines()[-1].startswith("speedup=")
+    plain = next(line for line in out.splitlines() if line.startswith("plain "))
+    assert " 4 steps " in plain  # the bare loop takes the tiny setting's steps (64 pairs / batch 16 x 1 epoch)
 
 
 def test_the_harvest_bench_compares_our_decoder_with_generate_and_the_per_prompt_loop(tmp_path):
@@ -51,3 +53,10 @@ def test_the_harvest_bench_compares_our_decoder_with_generate_and_the_per_prompt
 def test_the_harvest_bench_runs_transformers_continuous_batching(tmp_path):
     out = run("bench/harvest_throughput.py", "--tiny", "--arms", "ours,generate_batch", "--work", str(tmp_path))
     assert "speedup[generate_batch,fp32]=" in out
+
+
+def test_the_bf16_bench_compares_fp32_and_bf16_training_and_generation():
+    out = run("bench/bf16_cpu.py", "--tiny")
+    for what in ("train,toy", "generate,toy", "train,smollm2", "generate,smollm2"):
+        assert f"speedup[{what}]=" in out
+    assert out.strip().splitlines()[-1].startswith("speedup=")

@@ -63,12 +63,17 @@ def check_logprob_impl(m: DictConfig) -> None:
 
 
 def check_model(cfg: DictConfig) -> None:
-    """``model.dtype``, ``model.attn_implementation`` and where θ0 comes from (a local path must exist)."""
+    """``model.dtype``, ``model.generation_dtype``, ``model.cpu_bf16``, ``model.attn_implementation`` and where θ0
+    comes from (a local path must exist)."""
 
     m = cfg.model
     dtype = m.get("dtype", "auto")
     require(dtype in (None, "auto") or dtype in DTYPES, "model.dtype",
             f"unknown dtype {dtype!r}; expected 'auto' or one of {sorted(DTYPES)}")
+    gen = m.get("generation_dtype")
+    require(gen is None or gen in DTYPES, "model.generation_dtype",
+            f"unknown dtype {gen!r}; expected null (model.dtype) or one of {sorted(DTYPES)}")
+    require(isinstance(m.get("cpu_bf16", False), bool), "model.cpu_bf16", f"must be true or false, got {m.get('cpu_bf16')!r}")
     integer("model.logprob_chunk", m.get("logprob_chunk"), optional=True)  # positions per LM-head chunk; null: all
     check_logprob_impl(m)
     attn = m.get("attn_implementation")

@@ -20,6 +20,11 @@ def check_backend(name: str) -> None:
         require_vllm()
 
 
+def generation_dtype(model_cfg: Mapping[str, Any]) -> str:
+    """The weights' dtype a generator samples from: ``model.generation_dtype``, else ``model.dtype`` (default auto)."""
+    return str(model_cfg.get("generation_dtype") or model_cfg.get("dtype", "auto"))
+
+
 def make_generator(backend: str, path: str, cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], seed: int,
                    isolated: bool | None = None):
     """A generator over the model saved at ``path``.
@@ -28,7 +33,7 @@ def make_generator(backend: str, path: str, cfg: Mapping[str, Any], model_cfg: M
     GPU memory and process groups are released on ``close()``; default: True for vLLM (one engine per checkpoint /
     evaluated model), False for HF (it shares the process, e.g. RL's training model)."""
     check_backend(backend)
-    dtype = model_cfg.get("dtype", "auto")
+    dtype = generation_dtype(model_cfg)
     trust = bool(model_cfg.get("trust_remote_code", False))
     isolated = backend == "vllm" if isolated is None else bool(isolated)
     if backend == "vllm":

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
 from tms.core.io import atomic_dir
 from tms.data.packing import is_packed, sequences_in
@@ -33,12 +34,14 @@ class CausalLMModule(L.LightningModule):
         logprob_impl: ``chunked`` or ``liger`` (Liger's fused linear cross-entropy, CUDA) for that path.
         lora: LoRA adapters (:mod:`tms.models.lora`, ``model.lora``): only they are trained, every export is still a
             plain merged HF model; None: full fine-tuning.
+        fused_optimizer: let :func:`~tms.training.optim.build_optimizer` pick torch's fused Adam / AdamW kernel
+            (``model.fused_optimizer``); False: the optimiser exactly as the config builds it.
     """
 
     def __init__(self, model_path: str, optimizer: Callable, scheduler: Callable | None = None,
                  model_kwargs: dict[str, Any] | None = None, gradient_checkpointing: bool = False,
                  logprob_chunk: int | None = None, logprob_impl: str = "chunked",
-                 lora: LoraSettings | None = None) -> None:
+                 lora: LoraSettings | None = None, fused_optimizer: bool = True) -> None:
         super().__init__()
         self.model_path = str(model_path)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -47,6 +50,7 @@ class CausalLMModule(L.LightningModule):
         self.logprob_chunk = int(logprob_chunk) if logprob_chunk else None
         self.logprob_impl = str(logprob_impl)
         self.lora = lora
+        self.fused_optimizer = bool(fused_optimizer)
         self.model = None
         self._peft: list = []  # the PeftModel around self.model (LoRA), kept out of the module tree
 
@@ -72,10 +76,18 @@ class CausalLMModule(L.LightningModule):
             self.model = shard(self.model)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Lightning's clipping, or the sharding strategy's (FSDP clips through its root module)."""
+        """Lightning's clipping, or the sharding strategy's (FSDP clips through its root module).
+
+        Under ``bf16-mixed`` (Lightning's ``MixedPrecision`` plugin without a grad scaler) the gradients are never
+        scaled, so the fused AdamW (:func:`~tms.training.optim.build_optimizer`) is clipped like any optimiser: the
+        plugin's own clipping refuses every optimiser that unscales internally, scaler or not."""
         clip = getattr(self.trainer.strategy, "clip_gradients_of", None)
         if clip is not None and gradient_clip_val:
             clip(self.model, gradient_clip_val, gradient_clip_algorithm or "norm")
+            return
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
@@ -98,7 +110,8 @@ class CausalLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        opt = build_optimizer(self.optimizer_factory, params)
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None  # 16-mixed: clipping must unscale
+        opt = build_optimizer(self.optimizer_factory, params, fuse=self.fused_optimizer and not scaled)
         if self.scheduler_factory is None:
             return opt
         total = int(self.trainer.estimated_stepping_batches)

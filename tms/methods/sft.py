@@ -18,6 +18,7 @@ import torch
 from tms.data.packing import sequences_in
 from tms.objectives.nll import step_token_mean
 from tms.methods.base import CausalLMModule
+from tms.training.callbacks import logs_this_step
 
 
 class SFTModule(CausalLMModule):
@@ -25,7 +26,8 @@ class SFTModule(CausalLMModule):
 
     Batches come from :class:`~tms.data.windows.WindowedDataLoader` (``window_tokens``, ``window_last``).
     A plain batch without them is accepted only without gradient accumulation (its own tokens are then the
-    window's). Logged once per optimiser step: ``train/loss`` (:math:`\mathcal{L}` above, over all ranks),
+    window's). Logged at the optimiser steps the logger writes (``trainer.log_every_n_steps``; the values of the steps
+    in between, which Lightning would discard, are not computed): ``train/loss`` (:math:`\mathcal{L}` above, over all ranks),
     ``train/completion_tokens`` (the step's completion tokens, all ranks) and ``train/lr``.
     """
 
@@ -47,8 +49,10 @@ class SFTModule(CausalLMModule):
         part = nll_sum.detach().double()
         self._step_nll = part if self._step_nll is None else self._step_nll + part
         if batch.get("window_last", True):
-            total = self.trainer.strategy.reduce(self._step_nll, reduce_op="sum") if world > 1 else self._step_nll
-            self._step_nll = None
+            step_nll, self._step_nll = self._step_nll, None
+            if not logs_this_step(self.trainer):  # Lightning would drop this step's values: skip the work and the reduce
+                return loss
+            total = self.trainer.strategy.reduce(step_nll, reduce_op="sum") if world > 1 else step_nll
             self.log("train/loss", (total / step_tokens).float(), prog_bar=True, on_step=True, on_epoch=False,
                      batch_size=sequences_in(batch))
             self.log("train/completion_tokens", step_tokens.float(), on_step=True, on_epoch=False)

@@ -70,7 +70,15 @@ def module_kwargs(cfg: DictConfig) -> dict[str, Any]:
     arguments, gradient checkpointing, the memory-bounded log-probs and the LoRA adapters."""
     return {"model_kwargs": model_kwargs(cfg),
             "gradient_checkpointing": bool(cfg.model.get("gradient_checkpointing", False)),
-            "logprob_chunk": logprob_chunk(cfg), "logprob_impl": logprob_impl(cfg), "lora": lora_settings(cfg)}
+            "logprob_chunk": logprob_chunk(cfg), "logprob_impl": logprob_impl(cfg), "lora": lora_settings(cfg),
+            "fused_optimizer": fused_optimizer(cfg)}
+
+
+def fused_optimizer(cfg: DictConfig) -> bool:
+    """``model.fused_optimizer`` (default true): torch's fused Adam / AdamW kernel where the config chose no
+    implementation (:func:`tms.training.optim.build_optimizer`). The toy sets false: its θ0 and every method's
+    results depend on float rounding, and its figures were measured with the per-tensor loop (docs/scale.md)."""
+    return bool(cfg.model.get("fused_optimizer", True))
 
 
 def train_key(cfg: DictConfig) -> dict[str, Any]:
@@ -80,6 +88,8 @@ def train_key(cfg: DictConfig) -> dict[str, Any]:
     key = {"sft": sft, "accumulate": accumulation(cfg.sft, cfg.trainer), "world_size": world_size(cfg.trainer),
            "precision": cfg.trainer.precision, "model": model_kwargs(cfg),
            "gradient_checkpointing": bool(cfg.model.get("gradient_checkpointing", False))}
+    if not fused_optimizer(cfg):  # the same update, other float rounding (keys of fused runs unchanged)
+        key["fused_optimizer"] = False
     if cfg.get("callbacks"):  # the user's callbacks group may change training (e.g. early stopping)
         key["callbacks"] = plain(cfg.callbacks)
     if logprob_chunk(cfg):  # memory-bounded log-probs: the same loss, other float rounding

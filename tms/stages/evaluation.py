@@ -55,8 +55,8 @@ def run_eval(cfg: DictConfig, model: ModelRef, base: ModelRef) -> dict[str, Any]
 
     def fill(out: Path, info: dict) -> None:  # rank 0 alone in a multi-process job
         engine = None if backend == "hf" else lambda: make_generator(
-            backend, model.path, {**plain(cfg.harvest), "batch_size": cfg.eval.get("batch_size", 64)}, cfg.model,
-            int(cfg.seed))
+            backend, model.path, {**plain(cfg.harvest), "batch_size": cfg.eval.get("batch_size", 64)},
+            {**plain(cfg.model), "generation_dtype": None}, int(cfg.seed))  # evaluation samples in model.dtype
         res = evaluate_model(model.path, suite, tasks, base.path, instantiate(cfg.data.task), model_kwargs(cfg),
                              int(cfg.seed), logprob_chunk=chunk, engine=engine, keep_samples=keep)
         write_json(out / "results.json", res)

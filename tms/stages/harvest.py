@@ -16,7 +16,7 @@ from tms.core.keys import plain, stage
 from tms.data.buffer import TrajectoryBuffer, read_buffer, with_t
 from tms.data.formatting import prompt_ids
 from tms.generation.base import SamplingParams
-from tms.generation.factory import check_backend, make_generator
+from tms.generation.factory import check_backend, generation_dtype, make_generator
 from tms.generation.harvest import (
     check_complete,
     harvest_checkpoint,
@@ -33,7 +33,7 @@ def harvest_key(cfg: DictConfig, model: ModelRef, t: int) -> dict[str, Any]:
     for k in ("backend", "tensor_parallel_size", "gpu_memory_utilization", "checkpoints"):
         h.pop(k, None)  # the backend is keyed below; TP size and memory do not change the samples
     return {"model": model.identity, "t": int(t), "harvest": h, "data": data_key(cfg), "seed": int(cfg.seed),
-            "backend": cfg.harvest.backend}
+            "backend": cfg.harvest.backend, "dtype": generation_dtype(cfg.model)}  # the samples depend on it
 
 
 def run_harvest(cfg: DictConfig, base: ModelRef, sft: Stage | None, ts: list[int]) -> list[Stage]:

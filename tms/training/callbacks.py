@@ -1,4 +1,5 @@
-"""Lightning callbacks: the T trajectory checkpoints (with the PLD curve) and throughput logging."""
+"""Lightning callbacks: the T trajectory checkpoints (with the PLD curve) and throughput logging; when a step's
+logged values reach the logger (:func:`logs_this_step`)."""
 from __future__ import annotations
 
 import time
@@ -8,6 +9,15 @@ import lightning as L
 import torch
 
 from tms.core.io import read_json, write_json
+
+
+def logs_this_step(trainer) -> bool:
+    """Whether the logger writes the ``on_step`` values logged during the current training step: every
+    ``trainer.log_every_n_steps``-th optimiser step (Lightning discards the values of the others). What Lightning's
+    own callbacks ask (``LearningRateMonitor``, ``ThroughputMonitor``: ``trainer._logger_connector.should_update_logs``);
+    True where a trainer does not say (so nothing is lost)."""
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True))
 
 
 def checkpoint_steps(total_steps: int, T: int) -> list[int]:
