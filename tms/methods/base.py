@@ -76,20 +76,24 @@ class CausalLMModule(L.LightningModule):
             self.model = shard(self.model)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Lightning's clipping, or the sharding strategy's (FSDP clips through its root module).
-
-        Under ``bf16-mixed`` (Lightning's ``MixedPrecision`` plugin without a grad scaler) the gradients are never
-        scaled, so the fused AdamW (:func:`~tms.training.optim.build_optimizer`) is clipped like any optimiser: the
-        plugin's own clipping refuses every optimiser that unscales internally, scaler or not."""
+        """Lightning's clipping (through :meth:`clip_gradients`), or the sharding strategy's (FSDP clips through its
+        root module)."""
         clip = getattr(self.trainer.strategy, "clip_gradients_of", None)
         if clip is not None and gradient_clip_val:
             clip(self.model, gradient_clip_val, gradient_clip_algorithm or "norm")
             return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def clip_gradients(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping, also for the fused AdamW (:func:`~tms.training.optim.build_optimizer`) under
+        ``bf16-mixed``: Lightning's ``MixedPrecision`` plugin refuses to clip for every optimiser that unscales inside
+        its step, grad scaler or not, and bf16 (no scaler) scales nothing, so its gradients are clipped as they are.
+        Automatic optimisation (SFT) and RL's manual steps both clip here."""
         plugin = self.trainer.precision_plugin
         if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
             Precision.clip_gradients(plugin, optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
             return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def batch_logprobs(self, batch: dict[str, torch.Tensor], model=None, temperature: float = 1.0,
                        entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

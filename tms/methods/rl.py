@@ -115,9 +115,9 @@ class RLModule(CausalLMModule):
                  model_kwargs: dict[str, Any] | None = None, gradient_checkpointing: bool = False, *,
                  reward_fn: Callable, rl: RLConfig, seed: int = 0, logprob_chunk: int | None = None,
                  logprob_impl: str = "chunked", lora: LoraSettings | None = None, rollout_samples: int = 0,
-                 rollout_every: int = 0) -> None:
+                 rollout_every: int = 0, fused_optimizer: bool = True) -> None:
         super().__init__(model_path, optimizer, scheduler, model_kwargs, gradient_checkpointing, logprob_chunk,
-                         logprob_impl, lora)
+                         logprob_impl, lora, fused_optimizer)
         # W&B table "rollouts": the first rollout_samples completions of every rollout_every-th rollout (0: none)
         self.rollout_samples, self.rollout_every = int(rollout_samples), int(rollout_every)
         self._sample_rows: list[list[Any]] = []
