@@ -18,8 +18,8 @@ precision, on ``--threads`` CPU threads. Arms (each in its own process, so memor
   through the stage cache: Lightning, the T=10 trajectory checkpoints with the held-out PLD pass at each, the
   resumable ``last.ckpt`` every 50 steps) with ``sft.packing`` false / true, and the fused AdamW the other arms
   use (``model.fused_optimizer=true``; the toy's default is the per-tensor loop, see docs/scale.md);
-* ``plain``: the floor of any trainer that runs the model's forward and loss as they are: a bare PyTorch loop of the same
-  steps (the collated batches, forward with the model's own loss, backward, clipping, AdamW, schedule) with nothing
+* ``plain``: the floor of any trainer that runs the model's forward and loss as they are: a bare PyTorch loop of the
+  same steps (the collated batches, forward with the model's own loss, backward, clipping, AdamW, schedule) with nothing
   else — no logging, no checkpoints, no callbacks. ``hf seconds / plain seconds`` is the most such a trainer
   could gain over HF ``Trainer`` here (printed as ``ceiling=``); ``plain_compiled``: the same loop with the model
   under ``torch.compile(dynamic=True)`` (one graph for every batch length), its compilation included in the time
@@ -120,16 +120,20 @@ def optimizers(model, cfg, total_steps: int):
     return opt, instantiate(cfg.sft.scheduler)(opt, total_steps=total_steps)
 
 
-def run_hf(cfg, theta0: Path, items, out: Path, bf16: bool, trl: str | None) -> dict:
-    """``transformers.Trainer`` (``trl`` None) or TRL's ``SFTTrainer`` (``trl`` = "padded" / "padding_free")."""
-    import math
-
-    from tms.data.formatting import Collator
+def load_theta0(cfg, theta0: Path, items):
+    """θ0's tokenizer and fp32 SDPA model, and the optimiser steps of ``cfg.sft.epochs`` passes over ``items``
+    (what the HF arms and the bare loop start from)."""
     from tms.models.loading import load_model, load_tokenizer
 
-    tok = load_tokenizer(str(theta0))
-    model = load_model(str(theta0), dtype="float32", attn_implementation="sdpa")
-    steps = math.ceil(len(items) / int(cfg.sft.batch_size)) * int(cfg.sft.epochs)
+    steps = -(-len(items) // int(cfg.sft.batch_size)) * int(cfg.sft.epochs)
+    return load_tokenizer(str(theta0)), load_model(str(theta0), dtype="float32", attn_implementation="sdpa"), steps
+
+
+def run_hf(cfg, theta0: Path, items, out: Path, bf16: bool, trl: str | None) -> dict:
+    """``transformers.Trainer`` (``trl`` None) or TRL's ``SFTTrainer`` (``trl`` = "padded" / "padding_free")."""
+    from tms.data.formatting import Collator
+
+    tok, model, steps = load_theta0(cfg, theta0, items)
     if trl is None:
         from transformers import Trainer
 
@@ -160,14 +164,11 @@ def run_plain(cfg, theta0: Path, items, compiled: bool = False) -> dict:
     import torch
 
     from tms.data.formatting import Collator
-    from tms.models.loading import load_model, load_tokenizer
 
-    tok = load_tokenizer(str(theta0))
-    model = load_model(str(theta0), dtype="float32", attn_implementation="sdpa")
+    tok, model, steps = load_theta0(cfg, theta0, items)
     model.config.use_cache = False
     model.train()
     collate, bs, epochs = Collator(tok.pad_token_id), int(cfg.sft.batch_size), int(cfg.sft.epochs)
-    steps = -(-len(items) // bs) * epochs
     opt, sched = optimizers(model, cfg, steps)
     clip, losses = float(cfg.sft.gradient_clip_val), []
     t0 = time.perf_counter()
@@ -183,7 +184,8 @@ def run_plain(cfg, theta0: Path, items, compiled: bool = False) -> dict:
             opt.zero_grad(set_to_none=True)
             losses.append(loss.detach())
     train_s = time.perf_counter() - t0
-    return {"train_seconds": train_s, "steps": len(losses), "first_loss": float(losses[0]), "last_loss": float(losses[-1])}
+    return {"train_seconds": train_s, "steps": len(losses), "first_loss": float(losses[0]),
+            "last_loss": float(losses[-1])}
 
 
 def run_tms(cfg, theta0: Path, out: Path) -> dict:

@@ -34,8 +34,8 @@ def check_sampling(node: DictConfig, prefix: str, n_key: str, backend: str = "hf
 
 
 def check_vllm_dtype(cfg: DictConfig, key: str) -> None:
-    """``model.dtype`` (and ``model.generation_dtype``) is one vLLM can run (:func:`~tms.generation.vllm.vllm_dtype`); the error names ``key``, the
-    setting that chose vLLM."""
+    """``model.dtype`` (and ``model.generation_dtype``) is one vLLM can run (:func:`~tms.generation.vllm.vllm_dtype`);
+    the error names ``key``, the setting that chose vLLM."""
     try:
         vllm_dtype(cfg.model.get("dtype", "auto"))
         vllm_dtype(cfg.model.get("generation_dtype") or "auto")  # the harvest's weights (tms.generation.factory)

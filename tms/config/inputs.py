@@ -73,7 +73,8 @@ def check_model(cfg: DictConfig) -> None:
     gen = m.get("generation_dtype")
     require(gen is None or gen in DTYPES, "model.generation_dtype",
             f"unknown dtype {gen!r}; expected null (model.dtype) or one of {sorted(DTYPES)}")
-    require(isinstance(m.get("cpu_bf16", False), bool), "model.cpu_bf16", f"must be true or false, got {m.get('cpu_bf16')!r}")
+    require(isinstance(m.get("cpu_bf16", False), bool), "model.cpu_bf16",
+            f"must be true or false, got {m.get('cpu_bf16')!r}")
     integer("model.logprob_chunk", m.get("logprob_chunk"), optional=True)  # positions per LM-head chunk; null: all
     check_logprob_impl(m)
     attn = m.get("attn_implementation")

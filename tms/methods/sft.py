@@ -27,8 +27,8 @@ class SFTModule(CausalLMModule):
     Batches come from :class:`~tms.data.windows.WindowedDataLoader` (``window_tokens``, ``window_last``).
     A plain batch without them is accepted only without gradient accumulation (its own tokens are then the
     window's). Logged at the optimiser steps the logger writes (``trainer.log_every_n_steps``; the values of the steps
-    in between, which Lightning would discard, are not computed): ``train/loss`` (:math:`\mathcal{L}` above, over all ranks),
-    ``train/completion_tokens`` (the step's completion tokens, all ranks) and ``train/lr``.
+    in between, which Lightning would discard, are not computed): ``train/loss`` (:math:`\mathcal{L}` above, over all
+    ranks), ``train/completion_tokens`` (the step's completion tokens, all ranks) and ``train/lr``.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -50,7 +50,7 @@ class SFTModule(CausalLMModule):
         self._step_nll = part if self._step_nll is None else self._step_nll + part
         if batch.get("window_last", True):
             step_nll, self._step_nll = self._step_nll, None
-            if not logs_this_step(self.trainer):  # Lightning would drop this step's values: skip the work and the reduce
+            if not logs_this_step(self.trainer):  # Lightning would drop this step's values: skip them and the reduce
                 return loss
             total = self.trainer.strategy.reduce(step_nll, reduce_op="sum") if world > 1 else step_nll
             self.log("train/loss", (total / step_tokens).float(), prog_bar=True, on_step=True, on_epoch=False,

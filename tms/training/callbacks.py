@@ -14,8 +14,8 @@ from tms.core.io import read_json, write_json
 def logs_this_step(trainer) -> bool:
     """Whether the logger writes the ``on_step`` values logged during the current training step: every
     ``trainer.log_every_n_steps``-th optimiser step (Lightning discards the values of the others). What Lightning's
-    own callbacks ask (``LearningRateMonitor``, ``ThroughputMonitor``: ``trainer._logger_connector.should_update_logs``);
-    True where a trainer does not say (so nothing is lost)."""
+    own callbacks ask (``LearningRateMonitor``, ``ThroughputMonitor``:
+    ``trainer._logger_connector.should_update_logs``); True where a trainer does not say (so nothing is lost)."""
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True))
 

@@ -42,8 +42,9 @@ def build_optimizer(factory, params: list[torch.nn.Parameter], fuse: bool = True
     implementation (neither ``fused`` nor ``foreach`` given) and every parameter is a plain CPU or CUDA floating
     tensor — what Hugging Face ``Trainer`` does by default (``adamw_torch_fused``). The same update as the loop,
     other float rounding; ≈ 5× faster steps on the CPU (bench/sft_throughput.py). Sharded ``DTensor`` parameters
-    (FSDP2) and other devices keep torch's default, and so does ``fuse=False`` (an fp16 grad scaler: Lightning must
-    unscale the gradients before clipping them, which a fused optimiser does inside its step)."""
+    (FSDP2) and other devices keep torch's default, and so does ``fuse=False``: ``model.fused_optimizer: false`` (the
+    toy), or an fp16 grad scaler (Lightning must unscale the gradients before clipping them, which a fused optimiser
+    does inside its step)."""
     func = getattr(factory, "func", None)
     chosen = {"fused", "foreach"} & set(getattr(factory, "keywords", {}) or {})
     plain = bool(params) and all(type(p.data) is torch.Tensor and p.is_floating_point() for p in params)
