@@ -22,8 +22,11 @@ precision, on ``--threads`` CPU threads. Arms (each in its own process, so memor
   same steps (the collated batches, forward with the model's own loss, backward, clipping, AdamW, schedule) with nothing
   else — no logging, no checkpoints, no callbacks. ``hf seconds / plain seconds`` is the most such a trainer
   could gain over HF ``Trainer`` here (printed as ``ceiling=``); ``plain_compiled``: the same loop with the model
-  under ``torch.compile(dynamic=True)`` (one graph for every batch length), its compilation included in the time
-  (not run by default: minutes of compiling on 2 cores).
+  under ``torch.compile(dynamic=True)`` (one graph for every batch length), its cold compilation (an empty inductor
+  cache) included in the time; ``plain_compiled_warm``: the same in a new process with the inductor cache the cold arm
+  left (what a second run on the same machine and shapes pays: Dynamo still traces, inductor's FX-graph and AOTAutograd
+  caches skip the code generation). Neither runs by default (minutes of compiling on 2 cores); asking for the warm arm
+  runs the cold one before it.
 
 Printed per arm and precision: wall seconds (model load to the end of training), real (non-pad) tokens/s, peak RSS
 and the first/last logged loss; then ``speedup[arm,precision]=<hf seconds / tms seconds>``, what bf16-mixed buys each trainer
@@ -47,7 +50,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ARMS = ("hf", "trl", "trl_padding_free", "tms_padded", "tms_packed", "plain", "plain_compiled")
+ARMS = ("hf", "trl", "trl_padding_free", "tms_padded", "tms_packed", "plain", "plain_compiled", "plain_compiled_warm")
+COMPILED = ("plain_compiled", "plain_compiled_warm")  # not run by default (minutes of compiling)
 PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}  # Lightning names of the two precisions
 
 
@@ -217,8 +221,9 @@ def one(a: argparse.Namespace) -> None:
     theta0, cache = work / "theta0", work / f"cache-{a.one}{a.precision}"
     for old in (cache, work / f"{a.one}-{a.precision}"):  # a kept --work dir: never time a cached Stage 1
         shutil.rmtree(old, ignore_errors=True)
-    if a.one == "plain_compiled":  # a cold compile: inductor's cache of an earlier run would hide its cost
-        shutil.rmtree(work / "inductor-cache", ignore_errors=True)
+    if a.one in COMPILED:
+        if a.one == "plain_compiled":  # a cold compile: inductor's cache of an earlier run would hide its cost
+            shutil.rmtree(work / "inductor-cache", ignore_errors=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor-cache")
     overrides = settings(a.tiny) + [f"model.name_or_path={theta0}", f"cache_dir={cache}",
                                     f"trainer.precision={PRECISION[a.precision]}"]
@@ -236,7 +241,7 @@ def one(a: argparse.Namespace) -> None:
     elif a.one.startswith("plain"):
         if a.precision != "fp32":
             raise SystemExit("the plain arms run fp32 only (the floor of the fp32 comparison)")
-        res = run_plain(cfg, theta0, items, compiled=a.one == "plain_compiled")
+        res = run_plain(cfg, theta0, items, compiled=a.one in COMPILED)
     else:
         trl = {"hf": None, "trl": "padded", "trl_padding_free": "padding_free"}[a.one]
         res = run_hf(cfg, theta0, items, work / f"{a.one}-{a.precision}", a.precision == "bf16", trl)
@@ -250,7 +255,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a tiny slice of the toy Stage 1 (seconds)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--arms", default=",".join(a for a in ARMS if a != "plain_compiled"))
+    ap.add_argument("--arms", default=",".join(a for a in ARMS if a not in COMPILED))
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one, deleted)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -265,6 +270,8 @@ def main() -> None:
     unknown = [x for x in arms if x not in ARMS] + [p for p in precisions if p not in PRECISION]
     if unknown:
         raise SystemExit(f"unknown arm or precision {unknown[0]!r} (arms: {', '.join(ARMS)}; precisions: fp32, bf16)")
+    if "plain_compiled_warm" in arms and "plain_compiled" not in arms[:arms.index("plain_compiled_warm")]:
+        arms.insert(arms.index("plain_compiled_warm"), "plain_compiled")  # it fills the cache the warm arm reads
     try:
         import trl
         trl_version = trl.__version__
@@ -310,6 +317,9 @@ def main() -> None:
     if ("plain", "fp32") in by and ("plain_compiled", "fp32") in by:
         print(f"compiled_vs_plain={by[('plain', 'fp32')] / by[('plain_compiled', 'fp32')]:.3f}   (torch.compile, "
               "its cold compilation included)")
+    if ("plain", "fp32") in by and ("plain_compiled_warm", "fp32") in by:
+        print(f"compiled_warm_vs_plain={by[('plain', 'fp32')] / by[('plain_compiled_warm', 'fp32')]:.3f}   "
+              "(torch.compile from a warm inductor cache)")
     if ("hf", "fp32") in by and (ours, "fp32") in by:
         print(f"speedup={by[('hf', 'fp32')] / by[(ours, 'fp32')]:.3f}   (HF Trainer / {ours}, the toy's default, fp32)")
 

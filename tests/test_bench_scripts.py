@@ -44,6 +44,16 @@ def test_the_sft_throughput_bench_runs_hf_trainer_and_our_stage1(tmp_path):
     assert " 4 steps " in plain  # the bare loop takes the tiny setting's steps (64 pairs / batch 16 x 1 epoch)
 
 
+@pytest.mark.slow
+def test_the_warm_compile_arm_runs_after_the_cold_one_that_fills_its_cache(tmp_path):
+    out = run("bench/sft_throughput.py", "--tiny", "--arms", "plain,plain_compiled_warm", "--precisions", "fp32",
+              "--work", str(tmp_path))
+    arms = [line.split()[0] for line in out.splitlines() if line.startswith("plain")]
+    assert arms == ["plain", "plain_compiled", "plain_compiled_warm"]  # the cold arm was put before the warm one
+    assert "compiled_vs_plain=" in out and "compiled_warm_vs_plain=" in out
+    assert any((tmp_path / "inductor-cache").iterdir())  # the cache the warm arm read
+
+
 def test_the_harvest_bench_compares_our_decoder_with_generate_and_the_per_prompt_loop(tmp_path):
     out = run("bench/harvest_throughput.py", "--tiny", "--arms", "loop,generate,ours", "--work", str(tmp_path))
     assert "speedup[loop,fp32]=" in out and "speedup[generate,fp32]=" in out
