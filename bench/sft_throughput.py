@@ -25,7 +25,7 @@ precision, on ``--threads`` CPU threads. Arms (each in its own process, so memor
   under ``torch.compile(dynamic=True)`` (one graph for every batch length), its cold compilation (an empty inductor
   cache) included in the time; ``plain_compiled_warm``: the same in a new process with the inductor cache the cold arm
   left (what a second run on the same machine and shapes pays: Dynamo still traces, inductor's FX-graph and AOTAutograd
-  caches skip the code generation). Neither runs by default (minutes of compiling on 2 cores); asking for the warm arm
+  caches skip the code generation; each compiled arm prints the FX-graph cache's hits and misses). Neither runs by default (minutes of compiling on 2 cores); asking for the warm arm
   runs the cold one before it.
 
 Printed per arm and precision: wall seconds (model load to the end of training), real (non-pad) tokens/s, peak RSS
@@ -188,8 +188,13 @@ def run_plain(cfg, theta0: Path, items, compiled: bool = False) -> dict:
             opt.zero_grad(set_to_none=True)
             losses.append(loss.detach())
     train_s = time.perf_counter() - t0
-    return {"train_seconds": train_s, "steps": len(losses), "first_loss": float(losses[0]),
-            "last_loss": float(losses[-1])}
+    res = {"train_seconds": train_s, "steps": len(losses), "first_loss": float(losses[0]),
+           "last_loss": float(losses[-1])}
+    if compiled:  # what inductor's FX-graph cache served (the warm arm's hits) and compiled (the cold arm's misses)
+        from torch._dynamo.utils import counters
+
+        res["fxgraph_cache"] = {k: int(counters["inductor"][f"fxgraph_cache_{k}"]) for k in ("hit", "miss")}
+    return res
 
 
 def run_tms(cfg, theta0: Path, out: Path) -> dict:
@@ -300,8 +305,10 @@ def main() -> None:
                 r = json.loads(line[len("RESULT "):])
                 results.append(r)
                 loss = f"{r['first_loss']:.3f} → {r['last_loss']:.3f}" if r["last_loss"] is not None else "-"
+                cache = (f"  inductor FX-graph cache: {r['fxgraph_cache']['hit']} hits, {r['fxgraph_cache']['miss']} "
+                         "misses" if "fxgraph_cache" in r else "")
                 print(f"{arm:18s} {precision:5s} {r['seconds']:7.1f} s  {r['tokens_per_s']:8.0f} tok/s  "
-                      f"{r['steps']:4d} steps  peak RSS {r['peak_rss_mib']:6.0f} MiB  loss {loss}", flush=True)
+                      f"{r['steps']:4d} steps  peak RSS {r['peak_rss_mib']:6.0f} MiB  loss {loss}{cache}", flush=True)
     by = {(r["arm"], r["precision"]): r["seconds"] for r in results}
     ours = "tms_packed" if compose(settings(a.tiny)).sft.packing else "tms_padded"  # the default configuration
     for precision in precisions:
