@@ -25,8 +25,8 @@ precision, on ``--threads`` CPU threads. Arms (each in its own process, so memor
   under ``torch.compile(dynamic=True)`` (one graph for every batch length), its cold compilation (an empty inductor
   cache) included in the time; ``plain_compiled_warm``: the same in a new process with the inductor cache the cold arm
   left (what a second run on the same machine and shapes pays: Dynamo still traces, inductor's FX-graph and AOTAutograd
-  caches skip the code generation; each compiled arm prints the FX-graph cache's hits and misses). Neither runs by default (minutes of compiling on 2 cores); asking for the warm arm
-  runs the cold one before it.
+  caches skip the code generation; each compiled arm prints the FX-graph cache's hits and misses). Neither runs by
+  default (minutes of compiling on 2 cores); asking for the warm arm runs the cold one before it.
 
 Printed per arm and precision: wall seconds (model load to the end of training), real (non-pad) tokens/s, peak RSS
 and the first/last logged loss; then ``speedup[arm,precision]=<hf seconds / tms seconds>``, what bf16-mixed buys each trainer
